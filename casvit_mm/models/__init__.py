@@ -1,0 +1,3 @@
+from .casvit import CASViT
+
+__all__ = ['CASViT']

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtual environment and install the stack
+# that casvit-mm is tested on: torch, mmcv built from source WITH its compiled
+# ops, mmengine, mmdet, mmsegmentation, mmpretrain, and casvit-mm (editable).
+#
+# Why a script: mmcv 2.1.0 has no wheel for current torch, so it is compiled
+# (about 16 minutes on 2 cores). The built wheel is kept in a per-machine
+# wheelhouse keyed by the torch build, so every later run -- a second clone, CI
+# on the same machine, a re-created venv -- reuses it and finishes in seconds.
+#
+# Environment knobs (all optional):
+#   PYTHON              interpreter that creates the venv      (python3.11, else python3)
+#   CASVIT_VENV         where the venv lives                   (.venv in the repo)
+#   CASVIT_WHEELHOUSE   where built mmcv wheels are kept        (~/.cache/casvit-mm/wheels)
+#   TORCH_SPEC          the torch requirement                   (torch==2.13.0)
+#   TORCH_INDEX_URL     index to take torch from, e.g. https://download.pytorch.org/whl/cu128
+#                       for a CUDA build (default: the configured pip index; on a CPU
+#                       machine pick https://download.pytorch.org/whl/cpu to avoid the
+#                       multi-GB CUDA wheel)
+#   FORCE_CUDA=1        build mmcv's CUDA ops even when no GPU is visible (needs nvcc);
+#                       with a CUDA torch and a visible GPU they are built anyway
+#   MAX_JOBS            parallel compile jobs                  (number of cores)
+#   CASVIT_EXTRAS       extras of casvit-mm to install          (tests)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+VENV=${CASVIT_VENV:-.venv}
+WHEELHOUSE=${CASVIT_WHEELHOUSE:-$HOME/.cache/casvit-mm/wheels}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+MMCV_SPEC=mmcv==2.1.0
+EXTRAS=${CASVIT_EXTRAS:-tests}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+
+say() { printf '[setup_env] %s\n' "$*"; }
+die() { printf '[setup_env] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Everything that decides what gets installed; a change re-runs the install.
+fingerprint=$(cat tools/setup_env.sh setup.py requirements/*.txt \
+  | { echo "$TORCH_SPEC ${TORCH_INDEX_URL:-} $EXTRAS"; cat; } | sha256sum | cut -c1-16)
+stamp=$VENV/.casvit-setup-$fingerprint
+
+check_ops() {
+  # A real NMS call: mmcv without compiled ops imports fine and fails only here.
+  "$VENV/bin/python" - <<'EOF'
+import torch
+from mmcv.ops import nms
+boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.], [20., 20., 30., 30.]])
+scores = torch.tensor([0.9, 0.8, 0.7])
+_, keep = nms(boxes, scores, iou_threshold=0.5)
+assert keep.tolist() == [0, 2], keep
+import casvit_mm  # registers CASViT; fails here if the package is broken
+print(f'[setup_env] ok: torch {torch.__version__}, mmcv ops work (nms), casvit_mm imports')
+EOF
+}
+
+if [[ -f $stamp ]]; then
+  check_ops && exit 0
+  say "the environment was complete once but fails its check now: reinstalling"
+fi
+
+if [[ ! -x $VENV/bin/python ]]; then
+  say "creating $VENV with $PYTHON"
+  "$PYTHON" -m venv "$VENV"
+fi
+pip() { "$VENV/bin/python" -m pip "$@"; }
+
+say "installing $TORCH_SPEC and build tools"
+# setuptools<82: mmcv's setup.py imports pkg_resources, removed in setuptools 82.
+pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_SPEC"
+pip install -q "setuptools>=77,<82" wheel ninja packaging
+
+torch_tag=$("$VENV/bin/python" -c 'import sys, torch; v = torch.__version__.replace("+", "_"); print(f"torch{v}-py{sys.version_info[0]}{sys.version_info[1]}")')
+wheel_dir=$WHEELHOUSE/$torch_tag
+mkdir -p "$wheel_dir"
+
+if ! "$VENV/bin/python" -c 'import mmcv, mmcv.ops; assert mmcv.__version__ == "2.1.0"' 2>/dev/null; then
+  if ! ls "$wheel_dir"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
+    log=$wheel_dir/mmcv-build.log
+    say "building $MMCV_SPEC with compiled ops for $torch_tag ($MAX_JOBS jobs; about 16 min on 2 cores)"
+    say "full log: $log"
+    # --no-build-isolation: the build must see the installed torch, or it silently
+    # skips the ops. Progress: ninja's [n/N] counter, one line per compiled file.
+    set +e
+    pip wheel -v --no-deps --no-build-isolation --no-binary mmcv -w "$wheel_dir" "$MMCV_SPEC" 2>&1 \
+      | tee "$log" \
+      | awk '/^ *\[[0-9]+\/[0-9]+\]/ { f = ""; for (i = 2; i < NF; i++) if ($i == "-c") f = $(i + 1);
+                                      n = split(f, p, "/"); print "[setup_env] compiling " $1 " " p[n]; fflush() }'
+    status=${PIPESTATUS[0]}
+    set -e
+    [[ $status -eq 0 ]] || die "mmcv build failed (exit $status); see $log"
+  else
+    say "reusing the mmcv wheel built earlier: $(ls "$wheel_dir"/mmcv-2.1.0-*.whl)"
+  fi
+  pip install -q --no-deps --force-reinstall "$wheel_dir"/mmcv-2.1.0-*.whl
+  # mmcv's own runtime dependencies (opencv, addict, yapf, ...), now that the wheel is in.
+  pip install -q "$MMCV_SPEC" -f "$wheel_dir"
+fi
+
+say "installing the OpenMMLab stack and casvit-mm (editable)"
+pip install -q -f "$wheel_dir" -r requirements/stack.txt
+pip install -q -f "$wheel_dir" -e ".[${EXTRAS}]"
+
+check_ops || die "mmcv.ops does not work: the mmcv wheel in $wheel_dir was built without ops; delete it and re-run"
+rm -f "$VENV"/.casvit-setup-*
+touch "$stamp"
+say "done: activate with 'source $VENV/bin/activate'"
