@@ -5,12 +5,18 @@
 # run compiles mmcv (about 16 min on 2 cores), later runs take seconds.
 PY := .venv/bin/python
 
-.PHONY: env demo test
+.PHONY: env demo demo-seg demo-cls test
 env:
 	bash tools/setup_env.sh
 
 demo: env
 	bash tools/demo.sh
+
+demo-seg: env
+	bash tools/demo_seg.sh
+
+demo-cls: env
+	bash tools/demo_cls.sh
 
 test: env
 	$(PY) -m pytest tests
