@@ -22,7 +22,6 @@ import os
 import os.path as osp
 import pickle
 import re
-import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -40,8 +39,21 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint whose unpickling would run code outside the allowed types."""
 
 
+def _history_buffer_getattr(obj, name):
+    """The one ``getattr`` mmengine checkpoints need: ``HistoryBuffer.min`` and the like
+    (its statistics methods are pickled by reference). Anything else is refused."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if obj is HistoryBuffer and name in ('min', 'max', 'current', 'mean'):
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f'Unsupported global: getattr({obj!r}, {name!r}) refused')
+
+
 def _safe_globals():
-    allowed = [argparse.Namespace, np.dtype, np.ndarray]
+    """What official and mmengine checkpoints hold besides tensors and containers."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    allowed = [argparse.Namespace, np.dtype, np.ndarray, HistoryBuffer,
+               (_history_buffer_getattr, '__builtin__.getattr'),
+               (_history_buffer_getattr, 'builtins.getattr')]
     allowed += [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')]
     for mod in ('numpy._core.multiarray', 'numpy.core.multiarray'):
         try:
@@ -50,11 +62,6 @@ def _safe_globals():
             break
         except (ImportError, AttributeError):
             continue
-    try:  # mmengine checkpoints keep their log history in HistoryBuffer objects
-        from mmengine.logging.history_buffer import HistoryBuffer
-        allowed.append(HistoryBuffer)
-    except ImportError:  # pragma: no cover
-        pass
     return allowed
 
 
@@ -83,8 +90,7 @@ def safe_load(path):
                 f'and load that.') from None
         raise CheckpointError(f'{path!r} is not a readable PyTorch checkpoint ({text[:200]}); '
                               f'it may be truncated: download it again.') from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, ValueError,
-            OSError) as e:
+    except Exception as e:  # noqa: BLE001 - any parse failure means a damaged file
         raise CheckpointError(
             f'{path!r} is not a readable PyTorch checkpoint ({type(e).__name__}: '
             f'{str(e)[:200]}); it may be truncated or not a .pth at all: download it '
@@ -265,7 +271,7 @@ def load_backbone_checkpoint(model, path, prefix=None, logger='current'):
         notes.append(f'unused: classifier {_group(unused_cls)}')
     if unused_norms:
         notes.append(f'unused: output norms of stages not in out_indices {_group(unused_norms)}')
-    print_log(f'CASViT: loaded {len(state_dict) - len(unexpected)} tensors from {path} '
-              f'({layout} layout)' + ('; ' + '; '.join(notes) if notes else ''),
-              logger=logger)
-    return dict(missing=missing, unexpected=unexpected, layout=layout)
+    message = (f'CASViT: loaded {len(state_dict) - len(unexpected)} tensors from {path} '
+               f'({layout} layout)' + ('; ' + '; '.join(notes) if notes else ''))
+    print_log(message, logger=logger)
+    return dict(missing=missing, unexpected=unexpected, layout=layout, message=message)

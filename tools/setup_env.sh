@@ -13,6 +13,7 @@
 #   CASVIT_VENV         where the venv lives                   (.venv in the repo)
 #   CASVIT_WHEELHOUSE   where built mmcv wheels are kept        (~/.cache/casvit-mm/wheels)
 #   TORCH_SPEC          the torch requirement                   (torch==2.13.0)
+#   TORCHVISION_SPEC    the matching torchvision (mmpretrain imports it) (torchvision==0.28.0)
 #   TORCH_INDEX_URL     index to take torch from, e.g. https://download.pytorch.org/whl/cu128
 #                       for a CUDA build (default: the configured pip index; on a CPU
 #                       machine pick https://download.pytorch.org/whl/cpu to avoid the
@@ -28,6 +29,7 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=${CASVIT_VENV:-.venv}
 WHEELHOUSE=${CASVIT_WHEELHOUSE:-$HOME/.cache/casvit-mm/wheels}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+TORCHVISION_SPEC=${TORCHVISION_SPEC:-torchvision==0.28.0}  # the release paired with torch 2.13
 MMCV_SPEC=mmcv==2.1.0
 EXTRAS=${CASVIT_EXTRAS:-tests}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
@@ -50,8 +52,30 @@ scores = torch.tensor([0.9, 0.8, 0.7])
 _, keep = nms(boxes, scores, iou_threshold=0.5)
 assert keep.tolist() == [0, 2], keep
 import casvit_mm  # registers CASViT; fails here if the package is broken
+import mmdet.models, mmseg.models, mmpretrain.models  # every codebase imports
 print(f'[setup_env] ok: torch {torch.__version__}, mmcv ops work (nms), casvit_mm imports')
 EOF
+}
+
+fix_torchvision_without_ops() {
+  # PyPI's torchvision wheels are CUDA builds: with a CPU torch their C++ ops cannot
+  # load, and torchvision 0.28 then crashes at import (an unguarded fake-kernel
+  # registration: "operator torchvision::nms does not exist"). mmpretrain imports
+  # torchvision but uses only its pure-Python parts, so guard those two registrations
+  # (nms, qnms) the way torchvision already guards all the others.
+  "$VENV/bin/python" -c 'import torchvision' 2>/dev/null && return 0
+  "$VENV/bin/python" - <<'PY'
+import importlib.util, pathlib, re
+path = pathlib.Path(importlib.util.find_spec('torchvision').submodule_search_locations[0],
+                    '_meta_registrations.py')
+path.write_text(re.sub(
+    r'@torch\.library\.register_fake\(("torchvision::q?nms")\)',
+    r'@(torch.library.register_fake(\1) if torchvision.extension._has_ops() else (lambda f: f))',
+    path.read_text()))
+print(f'[setup_env] torchvision has no C++ ops with this torch build: guarded its nms fake '
+      f'kernels in {path.name} so that it imports (its pure-Python parts work)')
+PY
+  "$VENV/bin/python" -c 'import torchvision' || die "torchvision does not import with this torch build"
 }
 
 if [[ -f $stamp ]]; then
@@ -69,6 +93,10 @@ say "installing $TORCH_SPEC and build tools"
 # setuptools<82: mmcv's setup.py imports pkg_resources, removed in setuptools 82.
 pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_SPEC"
 pip install -q "setuptools>=77,<82" wheel ninja packaging
+# --no-deps: torchvision must not replace the chosen torch build with another one.
+pip install -q --no-deps ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCHVISION_SPEC"
+pip install -q pillow
+fix_torchvision_without_ops
 
 torch_tag=$("$VENV/bin/python" -c 'import sys, torch; v = torch.__version__.replace("+", "_"); print(f"torch{v}-py{sys.version_info[0]}{sys.version_info[1]}")')
 wheel_dir=$WHEELHOUSE/$torch_tag

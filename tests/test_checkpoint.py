@@ -1,0 +1,256 @@
+"""Every checkpoint layout loads into CASViT and reproduces the official features;
+bad files fail with one clear message; the converter is idempotent."""
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.logging import MessageHub
+
+from casvit_mm import CASViT
+from casvit_mm.checkpoint import (CheckpointError, UnsafeCheckpointError, convert_official,
+                                  load_backbone_checkpoint, to_backbone, to_mmpretrain)
+from reference_casvit import official_forward, official_state_dict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def build(arch, path, prefix=None, **kwargs):
+    init_cfg = dict(type='Pretrained', checkpoint=str(path))
+    if prefix:
+        init_cfg['prefix'] = prefix
+    model = CASViT(arch=arch, init_cfg=init_cfg, **kwargs)
+    model.init_weights()
+    return model.eval()
+
+
+def assert_features_equal(model, official, arch, size, atol=1e-5):
+    torch.manual_seed(size)
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        ours = model(x)
+    ref = official_forward(official, x, arch)
+    assert len(ours) == len(ref)
+    for a, b in zip(ours, ref):
+        assert (a - b).abs().max().item() <= atol
+
+
+# ----------------------------------------------------------------- fidelity
+@pytest.mark.parametrize('arch', ['xs', 's', 'm', 't', 'l'])
+def test_official_dense_backbone_gives_identical_features(tmp_path, arch):
+    official = official_state_dict(arch, seed=1)
+    path = tmp_path / f'{arch}.pth'
+    torch.save(official, path)  # layout 2: a bare dense-backbone dict
+    model = build(arch, path)
+    for size in (224, 512):
+        assert_features_equal(model, official, arch, size)
+
+
+def test_reference_comparison_catches_shared_qk_and_swapped_weights(tmp_path):
+    """The fidelity check is sensitive: tying k's gates to q's changes the features."""
+    official = official_state_dict('xs', seed=2)
+    tied = dict(official)
+    for key in official:
+        if '.attn.oper_k.' in key:
+            tied[key] = official[key.replace('oper_k', 'oper_q')]
+    path = tmp_path / 'tied.pth'
+    torch.save(tied, path)
+    model = build('xs', path)
+    with pytest.raises(AssertionError):
+        assert_features_equal(model, official, 'xs', 64)
+
+
+def test_imagenet_checkpoint_into_dense_backbone(tmp_path):
+    official = official_state_dict('xs', classifier=True, seed=3)
+    checkpoint = dict(model=official, model_ema=official, optimizer=dict(state={}), epoch=299,
+                      args=argparse.Namespace(model='rcvit_xs', lr=6e-3, input_size=224))
+    path = tmp_path / 'cas-vit-xs.pth'
+    torch.save(checkpoint, path)
+    model = CASViT(arch='xs')
+    log = load_backbone_checkpoint(model, str(path))['message']
+    model.eval()
+    assert 'official layout' in log
+    assert 'output norms norm0, norm1, norm2, norm3' in log
+    assert 'unused: classifier norm, head, dist_head' in log
+    # the official dense model keeps its output norms at init too
+    dense = dict(official)
+    init = CASViT(arch='xs').state_dict()
+    for i in range(4):
+        for name in ('weight', 'bias', 'running_mean', 'running_var'):
+            dense[f'norm{2 * i}.{name}'] = init[f'norm{i}.{name}']
+    assert_features_equal(model, dense, 'xs', 224)
+
+
+def test_imagenet_checkpoint_into_classification_backbone(tmp_path):
+    official = official_state_dict('s', classifier=True, seed=4)
+    path = tmp_path / 'cas-vit-s.pth'
+    torch.save(dict(model=official), path)
+    model = build('s', path, out_indices=(3,), global_pool=True)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        pooled = model(x)[0]
+        logits = (torch.nn.functional.linear(pooled, official['head.weight'], official['head.bias'])
+                  + torch.nn.functional.linear(pooled, official['dist_head.weight'],
+                                               official['dist_head.bias'])) / 2
+    assert (logits - official_forward(official, x, 's', classifier=True)).abs().max() <= 1e-5
+
+
+def _official_mmdet_checkpoint(official):
+    state_dict = {f'backbone.{k}': v for k, v in official.items()}
+    state_dict['neck.lateral_convs.0.conv.weight'] = torch.zeros(256, 56, 1, 1)
+    state_dict['bbox_head.retina_cls.weight'] = torch.zeros(720, 256, 3, 3)
+    meta = dict(mmdet_version='2.24.0', CLASSES=('person', 'car'), epoch=12, iter=88000,
+                config='model = dict(...)', hook_msgs=dict(last_ckpt='work_dirs/epoch_12.pth'))
+    return dict(state_dict=state_dict, meta=meta, optimizer=dict(state={}, param_groups=[]))
+
+
+@pytest.mark.parametrize('prefix', ['backbone.', None])
+def test_official_mmdet2_checkpoint(tmp_path, prefix):
+    official = official_state_dict('xs', seed=5)
+    path = tmp_path / 'retinanet_casvit_xs.pth'
+    torch.save(_official_mmdet_checkpoint(official), path)
+    assert_features_equal(build('xs', path, prefix=prefix), official, 'xs', 224)
+
+
+def test_own_mmengine_checkpoint_with_message_hub(tmp_path):
+    """casvit-mm's own training checkpoints hold mmengine HistoryBuffers: allowed."""
+    official = official_state_dict('xs', seed=6)
+    ours = {f'backbone.{k}': v for k, v in convert_official(official).items()}
+    hub = MessageHub.get_instance('test_own_checkpoint')
+    hub.update_scalar('train/loss', 1.5)
+    path = tmp_path / 'epoch_1.pth'
+    torch.save(dict(meta=dict(epoch=1, iter=10), state_dict=ours,
+                    message_hub=hub.state_dict()), path)
+    assert_features_equal(build('xs', path, prefix='backbone.'), official, 'xs', 224)
+
+
+def test_out_indices_subset_uses_only_requested_norms(tmp_path):
+    official = official_state_dict('xs', seed=7)
+    path = tmp_path / 'xs.pth'
+    torch.save(official, path)
+    model = CASViT(arch='xs', out_indices=(1, 3))
+    log = load_backbone_checkpoint(model, str(path))['message']
+    assert 'output norms of stages not in out_indices norm0, norm2' in log
+    model.eval()
+    ref = official_forward(official, torch.zeros(1, 3, 64, 64), 'xs')
+    with torch.no_grad():
+        ours = model(torch.zeros(1, 3, 64, 64))
+    torch.testing.assert_close(ours[0], ref[1]), torch.testing.assert_close(ours[1], ref[3])
+
+
+# --------------------------------------------------------------- bad inputs
+def test_checkpoint_of_another_size(tmp_path):
+    path = tmp_path / 'cas-vit-xs.pth'
+    torch.save(dict(model=official_state_dict('xs', classifier=True)), path)
+    with pytest.raises(CheckpointError) as info:
+        build('m', path)
+    message = str(info.value)
+    assert str(path) in message and "arch='m'" in message
+    assert 'patch_embed.0.weight: checkpoint (24, 3, 3, 3) vs model (32, 3, 3, 3)' in message
+    assert "looks like arch 'xs'" in message
+
+
+def test_checkpoint_with_other_depths(tmp_path):
+    path = tmp_path / 'cas-vit-l.pth'
+    torch.save(official_state_dict('l'), path)
+    with pytest.raises(CheckpointError, match=r"left over .*stages\.0\.3\..*looks like arch 'l'"):
+        build('t', path)
+
+
+def test_missing_file():
+    with pytest.raises(CheckpointError, match=r'does not exist.*init_cfg=None'):
+        build('xs', 'no/such/file.pth')
+
+
+@pytest.mark.parametrize('content, message', [
+    (b'', r'is empty'),
+    (b'this is a text file, not weights\n', r'not a readable PyTorch checkpoint'),
+    ('truncated', r'not a readable PyTorch checkpoint'),
+])
+def test_corrupt_files(tmp_path, content, message):
+    path = tmp_path / 'bad.pth'
+    if content == 'truncated':
+        torch.save(official_state_dict('xs'), path)
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        build('xs', path)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+def test_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / 'pwned'
+    path = tmp_path / 'evil.pth'
+    torch.save(dict(state_dict=official_state_dict('xs'), trap=_Payload(marker)), path)
+    with pytest.raises(UnsafeCheckpointError, match=r'Refused to load .*Nothing was executed'):
+        build('xs', path)
+    assert not marker.exists()
+    # the converter refuses it the same way
+    out = subprocess.run([sys.executable, 'tools/model_converters/casvit_to_mm.py', str(path),
+                          str(tmp_path / 'out.pth')], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode != 0 and 'Refused to load' in out.stderr
+    assert not marker.exists()
+
+
+def test_wrong_prefix(tmp_path):
+    path = tmp_path / 'xs.pth'
+    torch.save(official_state_dict('xs'), path)
+    with pytest.raises(CheckpointError, match=r"no keys under prefix 'model\.'"):
+        build('xs', path, prefix='model.')
+
+
+def test_not_a_casvit_checkpoint(tmp_path):
+    path = tmp_path / 'resnet.pth'
+    torch.save({'conv1.weight': torch.zeros(64, 3, 7, 7)}, path)
+    with pytest.raises(CheckpointError, match=r'tensors missing'):
+        build('xs', path)
+
+
+# ---------------------------------------------------------------- converter
+def test_conversion_functions_are_idempotent():
+    official = official_state_dict('xs', classifier=True)
+    cls = to_mmpretrain(official)
+    assert 'backbone.stages.3.1.attn.qkv.weight' in cls and 'backbone.norm3.weight' in cls
+    assert 'head.head.weight' in cls and 'head.dist_head.bias' in cls
+    assert 'backbone.downsamples.2.0.weight' in cls and 'backbone.downsamples.2.1.running_var' in cls
+    assert to_mmpretrain(cls) is cls
+    dense = to_backbone(official)
+    assert not any(k.startswith(('norm.', 'head', 'dist_head')) for k in dense)
+    assert to_backbone(dense).keys() == dense.keys()
+    assert len(cls) == len(official)
+
+
+@pytest.mark.parametrize('target', ['mmpretrain', 'backbone'])
+def test_converter_cli_twice_changes_nothing(tmp_path, target):
+    official = official_state_dict('xs', classifier=True)
+    src = tmp_path / 'cas-vit-xs.pth'
+    torch.save(dict(model=official, args=argparse.Namespace(model='rcvit_xs')), src)
+    once, twice = tmp_path / 'once.pth', tmp_path / 'twice.pth'
+    for a, b in ((src, once), (once, twice)):
+        out = subprocess.run([sys.executable, 'tools/model_converters/casvit_to_mm.py', str(a),
+                              str(b), '--target', target], cwd=REPO, capture_output=True,
+                             text=True)
+        assert out.returncode == 0, out.stderr
+    sd1 = torch.load(once, weights_only=True)['state_dict']
+    sd2 = torch.load(twice, weights_only=True)['state_dict']
+    assert sd1.keys() == sd2.keys()
+    assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    if target == 'backbone':
+        model = build('xs', once)
+        dense = dict(official)
+        init = CASViT(arch='xs').state_dict()
+        for i in range(4):
+            for name in ('weight', 'bias', 'running_mean', 'running_var'):
+                dense[f'norm{2 * i}.{name}'] = init[f'norm{i}.{name}']
+        assert_features_equal(model, dense, 'xs', 64)
