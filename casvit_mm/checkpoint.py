@@ -221,6 +221,7 @@ def load_backbone_checkpoint(model, path, prefix=None, logger='current'):
     if getattr(model, 'deployed', False):
         raise CheckpointError('Load checkpoints before switch_to_deploy(), not after.')
     state_dict = extract_state_dict(safe_load(path), repr(path))
+    from_classifier = any(k.startswith(('head.', 'dist_head.')) for k in state_dict)
     if prefix:
         if not any(k.startswith(prefix) for k in state_dict):
             raise CheckpointError(
@@ -233,6 +234,11 @@ def load_backbone_checkpoint(model, path, prefix=None, logger='current'):
                 state_dict = _strip(state_dict, auto)
     layout = 'official' if is_official_layout(state_dict) else 'casvit-mm'
     state_dict = convert_official(state_dict, classifier=model.global_pool)
+    if not model.global_pool and from_classifier:
+        # An mmpretrain classifier: its norm3 is the classifier's BN, which the official
+        # dense backbone does not load either (its output norms start at init).
+        state_dict = OrderedDict((f'norm.{k[len("norm3."):]}' if k.startswith('norm3.') else k,
+                                  v) for k, v in state_dict.items())
 
     own = model.state_dict()
     mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()

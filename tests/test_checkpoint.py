@@ -254,3 +254,16 @@ def test_converter_cli_twice_changes_nothing(tmp_path, target):
             for name in ('weight', 'bias', 'running_mean', 'running_var'):
                 dense[f'norm{2 * i}.{name}'] = init[f'norm{i}.{name}']
         assert_features_equal(model, dense, 'xs', 64)
+
+
+def test_mmpretrain_classifier_checkpoint_into_dense_backbone(tmp_path):
+    """A converted classifier's norm3 is the classifier BN: not loaded as an output norm."""
+    official = official_state_dict('xs', classifier=True, seed=8)
+    path = tmp_path / 'casvit-xs_in1k.pth'
+    torch.save(dict(state_dict=to_mmpretrain(official)), path)
+    model = CASViT(arch='xs')
+    log = load_backbone_checkpoint(model, str(path))['message']
+    assert 'output norms norm0, norm1, norm2, norm3' in log and 'unused: classifier norm' in log
+    torch.testing.assert_close(model.norm3.weight, torch.ones(220))
+    torch.testing.assert_close(model.stages[3][1].mlp.fc2.weight,
+                               official['network.6.1.mlp.fc2.weight'])
