@@ -1,0 +1,5 @@
+# CAS-ViT-S on ImageNet-1K with mmpretrain: the official recipe, as in
+# casvit_xs_in1k.py (read its notes); only the size differs.
+_base_ = ['./casvit_xs_in1k.py']
+
+model = dict(backbone=dict(arch='s'), head=dict(in_channels=256))

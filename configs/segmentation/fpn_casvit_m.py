@@ -1,0 +1,12 @@
+# Semantic FPN with a CAS-ViT-M backbone on ADE20K: the official recipe,
+# as in fpn_casvit_xs.py; only the backbone size, its weights and drop path differ.
+_base_ = ['./fpn_casvit_xs.py']
+
+checkpoint_file = 'checkpoints/cas-vit-m.pth'
+
+model = dict(
+    backbone=dict(
+        arch='m',
+        drop_path_rate=0.1,  # official: 0 for xs and s, 0.1 for m and t
+        init_cfg=dict(checkpoint=checkpoint_file)),
+    neck=dict(in_channels=[64, 96, 192, 384]))
