@@ -137,9 +137,12 @@ def test_recipe_model_losses_and_predictions(arch):
     assert preds[0].seg_logits.data.shape == (150, 80, 80)
 
 
-def test_missing_imagenet_weights_say_where_to_put_them():
-    model = build(load('configs/segmentation/fpn_casvit_xs.py').model)
-    with pytest.raises(CheckpointError, match=r"checkpoints/cas-vit-xs.pth.*does not exist"):
+def test_missing_imagenet_weights_say_where_to_put_them(tmp_path):
+    cfg = load('configs/segmentation/fpn_casvit_xs.py')
+    # (a path that surely does not exist, whatever lies in checkpoints/)
+    cfg.model.backbone.init_cfg.checkpoint = str(tmp_path / 'cas-vit-xs.pth')
+    model = build(cfg.model)
+    with pytest.raises(CheckpointError, match=r"cas-vit-xs.pth' does not exist.*download"):
         model.init_weights()
 
 
