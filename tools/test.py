@@ -1,0 +1,149 @@
+"""Test (and evaluate) a checkpoint: mmdet's / mmseg's / mmpretrain's ``test.py``.
+
+The config's ``default_scope`` picks the codebase; ``--show-dir`` and ``--out``
+then switch on that codebase's own visualisation hook and result dumping,
+exactly as its own ``tools/test.py`` does:
+
+=========== ============================== =====================================
+scope       --show-dir (painted images)    --out
+=========== ============================== =====================================
+mmdet       DetVisualizationHook           DumpDetResults (a .pkl file)
+mmseg       SegVisualizationHook           IoUMetric output_dir (PNG label maps)
+mmpretrain  VisualizationHook              DumpResults (a .pkl file)
+=========== ============================== =====================================
+
+``--deploy`` folds every BatchNorm of the CAS-ViT backbone into its
+neighbouring convolutions after the checkpoint is loaded, to test the model
+that will be deployed.
+
+    python tools/test.py CONFIG CHECKPOINT --show-dir vis --out results.pkl
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import ConfigDict, DictAction
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+# The sibling tools/train.py holds what both tools do to a config.
+from train import build_runner, check_data, load_config, setup_cpu_distributed
+
+SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='Test (and evaluate) a model (mmdet, mmseg, mmpretrain)')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
+    parser.add_argument('--out', help='dump predictions: a .pkl file (mmdet, '
+                        'mmpretrain) or a directory of label maps (mmseg)')
+    parser.add_argument('--show', action='store_true', help='show prediction results')
+    parser.add_argument('--show-dir', help='directory where painted images are saved '
+                        '(under work_dir/<timestamp>/ when relative, for mmdet)')
+    parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument('--deploy', action='store_true',
+                        help='fold the backbone\'s BatchNorms after loading (deploy model)')
+    parser.add_argument('--tta', action='store_true',
+                        help='test-time augmentation: needs tta_model and tta_pipeline '
+                        'in the config')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings of the config, as key=value pairs')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def codebase(cfg):
+    scope = cfg.get('default_scope')
+    if scope not in SCOPES:
+        raise SystemExit(f'default_scope={scope!r} in the config: tools/test.py serves '
+                         f'{SCOPES}; set default_scope to one of them.')
+    return scope
+
+
+def enable_visualization(cfg, args, scope):
+    """Turn on the codebase's visualisation hook as its own test.py does."""
+    hook = cfg.get('default_hooks', {}).get('visualization')
+    if hook is None:
+        raise SystemExit('--show/--show-dir need default_hooks.visualization in the config '
+                         '(e.g. dict(type="DetVisualizationHook") for mmdet).')
+    if scope == 'mmdet':
+        from mmdet.engine.hooks.utils import trigger_visualization_hook
+        return trigger_visualization_hook(cfg, args)
+    if scope == 'mmseg':
+        hook.update(draw=True, show=args.show, wait_time=args.wait_time)
+        if args.show_dir:
+            cfg.visualizer['save_dir'] = args.show_dir
+    else:  # mmpretrain
+        hook.update(enable=True, show=args.show, wait_time=args.wait_time,
+                    out_dir=args.show_dir)
+    return cfg
+
+
+def enable_tta(cfg):
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        raise SystemExit('--tta needs tta_model and tta_pipeline in the config (mmdet\'s '
+                         'retinanet_tta.py defines both for RetinaNet).')
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
+class DeployHook(Hook):
+    """Fold BatchNorms once the checkpoint is in: ``Runner.test`` loads the
+    checkpoint after ``before_run`` and before the test loop's ``before_test``."""
+    priority = 'VERY_HIGH'
+
+    def __init__(self, switch):
+        self.switch = switch
+
+    def before_test(self, runner):
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        self.switch(model)
+
+
+def main():
+    args = parse_args()
+    switch_to_deploy = None
+    if args.deploy:  # fail before building anything when the function is missing
+        from casvit_mm.models.deploy import switch_model_to_deploy as switch_to_deploy
+    if not osp.isfile(args.checkpoint):
+        raise SystemExit(f'Checkpoint {args.checkpoint!r} does not exist: give the .pth '
+                         f'written by tools/train.py (work_dirs/<config>/iter_N.pth or '
+                         f'epoch_N.pth).')
+    cfg = load_config(args)
+    scope = codebase(cfg)
+    if args.out and scope != 'mmseg' and not args.out.endswith(('.pkl', '.pickle')):
+        raise SystemExit(f'--out {args.out!r}: {scope} dumps predictions as a pickle; '
+                         f'give a file name ending in .pkl')
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        cfg = enable_visualization(cfg, args, scope)
+    if args.tta:
+        enable_tta(cfg)
+    if args.out and scope == 'mmseg':
+        cfg.test_evaluator.update(output_dir=args.out, keep_results=True)
+
+    check_data(cfg, ['test'])
+    setup_cpu_distributed(cfg)  # torchrun on a machine without CUDA
+    runner = build_runner(cfg)
+
+    if args.out and scope != 'mmseg':
+        if scope == 'mmdet':
+            from mmdet.evaluation import DumpDetResults as Dump
+        else:
+            from mmengine.evaluator import DumpResults as Dump
+        runner.test_evaluator.metrics.append(Dump(out_file_path=args.out))
+    if switch_to_deploy is not None:
+        runner.register_hook(DeployHook(switch_to_deploy))
+
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,128 @@
+"""Train a model from a config: mmdet's / mmseg's / mmpretrain's ``train.py``.
+
+The same command line as the OpenMMLab tools, for the three codebases: the
+config's ``default_scope`` picks mmdet, mmseg or mmpretrain, and mmengine's
+``Runner`` does all the work. What this file adds: it imports ``casvit_mm``
+first (so ``type='CASViT'`` and ``casvit_mm::`` configs resolve even without
+``custom_imports``), and it picks the ``gloo`` backend for distributed runs
+on a machine without CUDA, where mmengine's default (NCCL) cannot start.
+It also checks that the config's data is on disk before building anything,
+writes checkpoints atomically (``casvit_mm.engine.AtomicCheckpointHook``) and
+makes ``--amp`` work on the CPU (bfloat16 autocast).
+
+    python tools/train.py configs/detection/retinanet_casvit_m.py
+    bash tools/dist_train.sh configs/detection/retinanet_casvit_m.py 8
+"""
+import argparse
+import os
+import os.path as osp
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+import casvit_mm  # noqa: F401  (registers CASViT in every codebase)
+from casvit_mm.engine import (setup_cpu_distributed, use_atomic_checkpoints,
+                             use_compile_fixes)
+from casvit_mm.utils import DataRootError, check_data_paths
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Train a model (mmdet, mmseg, mmpretrain)')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--amp', action='store_true',
+                        help='enable automatic-mixed-precision training (float16 with '
+                        'loss scaling on a GPU, bfloat16 autocast on the CPU)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate linearly from the total batch '
+                        'written in the config (auto_scale_lr.base_batch_size)')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from this checkpoint, or, with no value, from the '
+                        'latest checkpoint in the work dir')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings of the config, as key=value pairs '
+                        '(e.g. train_dataloader.batch_size=2 "model.neck.in_channels=[1,2]")')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def load_config(args):
+    """Read the config and apply what every tool's command line changes."""
+    if not osp.isfile(args.config):
+        raise SystemExit(f'Config file {args.config!r} does not exist; configs of this '
+                         f'repository live under configs/ (e.g. '
+                         f'configs/detection/retinanet_casvit_m.py).')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    # work_dir: command line > config > ./work_dirs/<config name>
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    # NCCL needs CUDA: on a CPU machine use gloo unless the config chose otherwise.
+    if not torch.cuda.is_available():
+        dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+        if dist_cfg.get('backend', 'nccl') == 'nccl':
+            dist_cfg['backend'] = 'gloo'
+    return cfg
+
+
+def check_data(cfg, splits):
+    """Stop before building anything if the config's data is not on disk."""
+    try:
+        check_data_paths(cfg, splits)
+    except DataRootError as e:
+        raise SystemExit(str(e))
+
+
+def build_runner(cfg):
+    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+
+
+def main():
+    args = parse_args()
+    cfg = load_config(args)
+
+    if args.amp:
+        if torch.cuda.is_available():
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.loss_scale = 'dynamic'
+        else:  # mmengine's AmpOptimWrapper needs CUDA: bfloat16 autocast, no scaler
+            cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
+            cfg.optim_wrapper.pop('loss_scale', None)
+
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+            raise SystemExit(f'--auto-scale-lr needs auto_scale_lr = dict(enable=False, '
+                             f'base_batch_size=N) in {args.config}, with N the total '
+                             f'batch the learning rate was set for.')
+        cfg.auto_scale_lr.enable = True
+
+    # --resume PATH resumes from PATH; a bare --resume from the latest checkpoint.
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        if not osp.isfile(args.resume):
+            raise SystemExit(f'--resume {args.resume!r}: no such checkpoint. Give a .pth '
+                             f'from the work dir, or --resume alone for the latest one.')
+        cfg.resume, cfg.load_from = True, args.resume
+
+    # Checkpoints written atomically: a kill during a save never corrupts the latest.
+    use_atomic_checkpoints(cfg)
+    use_compile_fixes(cfg)  # cfg.compile: let TorchDynamo trace the optimizer step
+    check_data(cfg, ['train', 'val'] if cfg.get('val_cfg') else ['train'])
+    setup_cpu_distributed(cfg)  # torchrun on a machine without CUDA
+    build_runner(cfg).train()
+
+
+if __name__ == '__main__':
+    main()
