@@ -73,9 +73,12 @@ def test_out_indices_do_not_mutate_the_callers_list():
     assert model.out_indices == (0, 3)
 
 
-@pytest.mark.parametrize('bad', [torch.rand(3, 64, 64), torch.rand(1, 1, 64, 64)])
-def test_bad_input_shape_says_what_is_expected(bad):
-    with pytest.raises(ValueError, match=r'expects a batch of images shaped \(B, 3, H, W\)'):
+@pytest.mark.parametrize('bad, message', [
+    (torch.rand(3, 64, 64), r'shaped \(B, 3, H, W\), got \(3, 64, 64\); add the batch dimension'),
+    (torch.rand(1, 1, 64, 64), r'got 1 channels .*set in_channels=1 or convert the images'),
+])
+def test_bad_input_shape_says_what_to_do(bad, message):
+    with pytest.raises(ValueError, match=message):
         CASViT(arch=TINY)(bad)
 
 

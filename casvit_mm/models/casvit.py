@@ -320,12 +320,17 @@ class CASViT(BaseModule):
 
     # --------------------------------------------------------------- forward
     def _check_input(self, x):
-        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
-            if x.dim() != 4 or x.shape[1] != self.in_channels:
-                raise ValueError(
-                    f'CASViT expects a batch of images shaped (B, {self.in_channels}, H, W), '
-                    f'got {tuple(x.shape)}; add a batch dimension with x[None] or set '
-                    f'in_channels to match.')
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        if x.dim() != 4:
+            raise ValueError(
+                f'CASViT expects a batch of images shaped (B, {self.in_channels}, H, W), got '
+                f'{tuple(x.shape)}; add the batch dimension with x[None].')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f'CASViT expects a batch of images shaped (B, {self.in_channels}, H, W), got '
+                f'{x.shape[1]} channels {tuple(x.shape)}; set in_channels={x.shape[1]} or '
+                f'convert the images.')
 
     def forward(self, x):
         self._check_input(x)
