@@ -139,15 +139,22 @@ def export_onnx(module, example, path, dynamo=True):
     return path
 
 
-def onnxruntime_session(path, threads=None):
+def onnxruntime_session(path, threads=None, spinning=True):
     """An onnxruntime CPU session with ``threads`` intra-op threads (all graph
-    optimisations on); ``threads=None`` keeps onnxruntime's default."""
+    optimisations on); ``threads=None`` keeps onnxruntime's default.
+
+    ``spinning=False`` stops idle onnxruntime threads from busy-waiting after
+    a run, which would steal the CPU from whatever runs next in the process
+    (the benchmark interleaves it with PyTorch).
+    """
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
 
 

@@ -15,7 +15,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from casvit_mm import CASViT
 from casvit_mm.deployment import build_model, relative_error
-from casvit_mm.models.deploy import DeployAdditiveBlock, switch_model_to_deploy
+from casvit_mm.models.deploy import (DeployAdditiveBlock, switch_model_to_deploy,
+                                     use_fused_kernels)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOL = 1e-4
@@ -75,6 +76,10 @@ def test_batches_layouts_and_options(batch, channels_last, kwargs):
     assert err < TOL
     assert deployed.patch_embed[0].weight.is_contiguous(
         memory_format=torch.channels_last) == channels_last
+    # channels-last runs oneDNN's fused conv + activation / addition kernels,
+    # NCHW the plain ops: both paths are compared with eval mode above
+    stem_out = deployed.patch_embed(x)
+    assert use_fused_kernels(stem_out) == channels_last
 
 
 def test_method_and_function_agree_and_repeat_safely():

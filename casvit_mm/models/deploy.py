@@ -17,18 +17,23 @@ Per block (:class:`DeployAdditiveBlock`):
   as one depthwise conv over 2C channels (BNs folded), one 1x1 conv to the two
   gates, one sigmoid and one broadcast multiplication; their channel gates as
   one (block-diagonal) matrix product; ``q * cq + k * ck`` as one ``addcmul``;
-* the residual additions happen in place in the fresh branch outputs.
+* on channels-last CPU tensors, every activation, residual addition and the
+  ``* v`` that directly follows a convolution runs inside it (oneDNN's fused
+  convolution kernels, see :func:`use_fused_kernels`): GELU, ReLU, sigmoid,
+  ``+ x`` and ``* v`` then cost no pass over memory of their own. Elsewhere
+  (NCHW, tracing, export, ``torch.compile``, input gradients) the same
+  arithmetic runs as plain ops.
 
 Stem and downsamplings: BN folded into the convolution before it. The output
 norms ``norm{i}`` stay (within the backbone nothing follows them);
 :func:`switch_model_to_deploy` folds them into the 1x1 lateral convolutions of
 an FPN neck where that is exact.
 
-Tried and dropped (measured slower on CPU): putting the channel gates into
-per-sample weights of ``dwc`` (a grouped conv with two inputs per group is
-about twice as slow in oneDNN as a depthwise one), in-place gate
-multiplications (no measurable gain). ``torch.compile`` is an option of
-:func:`switch_model_to_deploy`: it fuses the element-wise ops further.
+What each step is worth is measured in the README ("Speed"). Tried and
+dropped: the channel gates as per-sample weights of ``dwc`` (a grouped conv
+with two inputs per group runs about twice as slow in oneDNN as a depthwise
+conv), in-place gate multiplications (no measurable gain). ``torch.compile``
+is an option of :func:`switch_model_to_deploy`.
 
 A deployed ``CASViT`` refuses ``train()`` (see ``CASViT.train``); build a fresh
 model to train. The deployed parameters do not require gradients (gradients
@@ -70,17 +75,52 @@ def fold_bn_into_next_1x1(weight, bias, bn):
     return w * scale, new_bias
 
 
-def _conv1x1(weight2d, bias, like):
-    """An ``nn.Conv2d`` 1x1 holding ``weight2d`` (out, in) and ``bias``."""
-    conv = nn.Conv2d(weight2d.shape[1], weight2d.shape[0], 1, bias=bias is not None)
-    _set(conv, weight2d.view(*weight2d.shape, 1, 1), bias, like)
-    return conv
-
-
 def _set(conv, weight, bias, like):
     conv.weight = nn.Parameter(weight.to(like), requires_grad=False)
     if bias is not None:
         conv.bias = nn.Parameter(bias.to(like), requires_grad=False)
+
+
+# ------------------------------------------------------- fused conv kernels
+# oneDNN's convolution with a fused activation or addition: the op torch.compile
+# (inductor) emits for these patterns on CPU, here called directly in eager
+# mode. It saves a full pass over the output, which matters for the large
+# stride-4 maps. It exists in every CPU build of torch with oneDNN; without it
+# (or when tracing, compiling, exporting, or recording gradients, which it does
+# not support) the plain ops run instead.
+_POINTWISE = getattr(getattr(torch.ops, 'mkldnn', None), '_convolution_pointwise', None)
+_ACTIVATIONS = {'gelu': F.gelu, 'relu': F.relu, 'sigmoid': torch.sigmoid}
+
+
+def use_fused_kernels(x):
+    """Whether :func:`conv_act` / :func:`conv_binary` may fuse on input ``x``."""
+    return (_POINTWISE is not None and x.device.type == 'cpu'
+            and x.dtype == torch.float32
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not (torch.is_grad_enabled() and x.requires_grad)
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+            and not torch.onnx.is_in_onnx_export())
+
+
+def _conv_args(conv):
+    return conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups
+
+
+def conv_act(conv, x, act, fused):
+    """``act(conv(x))`` for ``act`` in gelu (exact, erf), relu, sigmoid."""
+    if fused:
+        return _POINTWISE(x, *_conv_args(conv), act, [], 'none' if act == 'gelu' else None)
+    return _ACTIVATIONS[act](conv(x))
+
+
+def conv_binary(conv, x, other, op, fused):
+    """``conv(x) + other`` (``op='add'``) or ``conv(x) * other`` (``'mul'``)."""
+    if fused:
+        w, b, padding, stride, dilation, groups = _conv_args(conv)
+        return _POINTWISE.binary(x, other, w, b, padding, stride, dilation, groups,
+                                 op, None, None, [], None)
+    # in place into the fresh conv output: no backward needs its old value for add
+    return conv(x).add_(other) if op == 'add' else conv(x) * other
 
 
 # --------------------------------------------------------------- the block
@@ -159,20 +199,22 @@ class DeployAdditiveBlock(nn.Module):
         return super().train(mode)
 
     def forward(self, x):
-        # The in-place ops only touch fresh outputs whose old values no
-        # backward needs, so gradients w.r.t. the input still work.
+        fused = use_fused_kernels(x)
         # x = x + LocalIntegration(x)
-        x = self.li_pw2(F.gelu(self.li_dw(self.li_pw1(x)))).add_(x)
+        x = conv_binary(self.li_pw2, conv_act(self.li_dw, self.li_pw1(x), 'gelu', fused),
+                        x, 'add', fused)
         # x = x + CATM(norm1(x)), with q and k stacked along the channels
         qk, v = self.qk(x), self.v(x)
         B, C2, H, W = qk.shape
-        spatial = torch.sigmoid(self.spatial_gate(self.spatial_dw(qk).relu_()))
+        spatial = conv_act(self.spatial_dw, qk, 'relu', fused)
+        spatial = conv_act(self.spatial_gate, spatial, 'sigmoid', fused)
         qk = qk.view(B, 2, C2 // 2, H, W) * spatial.view(B, 2, 1, H, W)
         channel = torch.sigmoid(self.channel_gate(qk.mean((3, 4)).view(B, C2)))
         (q, k), (cq, ck) = qk.unbind(1), channel.view(B, 2, C2 // 2, 1, 1).unbind(1)
-        x = self.proj(self.dwc((q * cq).addcmul_(k, ck)) * v).add_(x)
+        mixed = conv_binary(self.dwc, (q * cq).addcmul_(k, ck), v, 'mul', fused)
+        x = conv_binary(self.proj, mixed, x, 'add', fused)
         # x = x + MLP(norm2(x))
-        return self.fc2(F.gelu(self.fc1(x))).add_(x)
+        return conv_binary(self.fc2, conv_act(self.fc1, x, 'gelu', fused), x, 'add', fused)
 
 
 # ------------------------------------------------------------ the backbone

@@ -76,6 +76,9 @@ def parse_args():
     parser.add_argument('--repeats', type=int, default=10, help='timed runs per variant')
     parser.add_argument('--det-input', default='800x1344', help='HxW for the detectors')
     parser.add_argument('--seg-input', default='512x512', help='HxW for Semantic FPN')
+    parser.add_argument('--profile', type=int, default=0, metavar='N',
+                        help='after timing, profile one run of each PyTorch variant and '
+                        'print its N most expensive op types (self CPU time)')
     parser.add_argument('--json', help='also write the results to this JSON file')
     return parser.parse_args()
 
@@ -154,7 +157,7 @@ def casvit_variants(name, base, example, variants, tmpdir, threads, fn=None, bat
             deployed = switch_model_to_deploy(copy.deepcopy(base), channels_last=False)
             path = export_onnx(deployed, example,
                                osp.join(tmpdir, f'{name}_{len(os.listdir(tmpdir))}.onnx'))
-            session = onnxruntime_session(path, threads)
+            session = onnxruntime_session(path, threads, spinning=False)
             out.append(Variant(name, variant, lambda s=session: run_onnxruntime(s, example),
                                batch, baseline))
             continue
@@ -205,6 +208,24 @@ def summarise(group, variants, outputs):
     return rows
 
 
+def profile(variants, top):
+    """Print the ``top`` op types by self CPU time of one run of each variant."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    for v in variants:
+        if v.variant == 'onnx':
+            continue
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            v()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events) or 1
+        print(f'profile of {v.model} {v.variant} (self CPU time, one run):')
+        for e in events[:top]:
+            print(f'  {e.key:<42}{e.self_cpu_time_total / 1e3:>10.1f} ms'
+                  f'{100 * e.self_cpu_time_total / total:>7.1f} %{e.count:>6} calls')
+    print(flush=True)
+
+
 def print_rows(rows):
     header = (f'{"input":<14}{"model":<22}{"variant":<12}{"median ms":>10}{"img/s":>9}'
               f'{"x eval":>8}{"x R-50":>8}{"rel err":>10}')
@@ -246,6 +267,8 @@ def main():
         rows = summarise(group, variants, outputs)
         print_rows(rows)
         results.extend(rows)
+        if args.profile:
+            profile(variants, args.profile)
 
     with tempfile.TemporaryDirectory() as tmpdir:
         for shape in inputs:

@@ -12,7 +12,7 @@ forward, losses, backward and the optimiser update of the config.
 
 * CPU: the process's peak resident memory during the step (``VmHWM``, reset
   just before it through ``/proc/self/clear_refs``; Linux only) minus its
-  resident memory before the step;
+  resident memory before the step (after returning freed memory to the OS);
 * CUDA (``--device cuda``): ``torch.cuda.max_memory_allocated`` during the
   step minus the memory allocated before it.
 
@@ -79,6 +79,19 @@ def resident_kib(field):
     raise RuntimeError(f'no {field} in /proc/self/status')
 
 
+def release_free_memory():
+    """Give memory freed by the warm-up step back to the OS (glibc keeps it
+    resident otherwise), so that the resident memory before the step is what
+    the model, optimiser state and data really hold."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the baseline then includes cached free memory
+
+
 def measure(args, with_cp):
     """One setting, in this process: returns a dict of MiB and seconds."""
     from mmengine.optim import build_optim_wrapper
@@ -94,6 +107,7 @@ def measure(args, with_cp):
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
+        release_free_memory()
         before = resident_kib('VmRSS') * 1024
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')  # resets VmHWM, the peak resident memory, to the current RSS
