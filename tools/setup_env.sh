@@ -92,10 +92,9 @@ pip() { "$VENV/bin/python" -m pip "$@"; }
 say "installing $TORCH_SPEC and build tools"
 # setuptools<82: mmcv's setup.py imports pkg_resources, removed in setuptools 82.
 pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_SPEC"
-pip install -q "setuptools>=77,<82" wheel ninja packaging
+pip install -q "setuptools>=77,<82" wheel ninja packaging numpy pillow
 # --no-deps: torchvision must not replace the chosen torch build with another one.
 pip install -q --no-deps ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCHVISION_SPEC"
-pip install -q pillow
 fix_torchvision_without_ops
 
 torch_tag=$("$VENV/bin/python" -c 'import sys, torch; v = torch.__version__.replace("+", "_"); print(f"torch{v}-py{sys.version_info[0]}{sys.version_info[1]}")')
