@@ -4,11 +4,18 @@ Importing the package registers ``CASViT`` in the MODELS registries of
 mmpretrain, mmdet and mmsegmentation (whichever are installed), and the
 training-engine helpers of :mod:`casvit_mm.engine` in mmengine's registries.
 """
+from mmengine.config.utils import MODULE2PACKAGE
+
 from . import engine  # noqa: F401  (registers the atomic-checkpoint hook, CPU amp, ...)
 from .models import CASViT
 from .registry import REGISTERED_SCOPES, register_all
 from .version import __version__
 
 register_all(models=[CASViT])
+
+# Let configs inherit ours as `casvit_mm::detection/...`, the way `mmdet::` works
+# (mmengine resolves such paths only for packages listed here; the configs ship
+# in casvit_mm/.mim/configs).
+MODULE2PACKAGE.setdefault('casvit_mm', 'casvit_mm')
 
 __all__ = ['CASViT', 'REGISTERED_SCOPES', '__version__']
