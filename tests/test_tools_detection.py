@@ -39,7 +39,10 @@ def options(toy, **extra):
 
 
 def run(*args):
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO,
+    # One thread: these models and images are tiny, so a second thread gains
+    # nothing, and on a busy machine idle-spinning OpenMP threads cost minutes.
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (f'{args[0]} failed:\n{proc.stdout[-4000:]}\n'
                                   f'{proc.stderr[-4000:]}')

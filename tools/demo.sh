@@ -2,10 +2,15 @@
 # The README's main job (`make demo`): RetinaNet with a CAS-ViT-XS backbone,
 # trained from scratch on generated COCO-format shapes through tools/train.py,
 # evaluated through tools/test.py (COCO bbox mAP), with the predictions drawn.
-# About 6-8 minutes on 2 CPU cores. Everything lands in work_dirs/demo/.
+# About 6 minutes on 2 CPU cores. Everything lands in work_dirs/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
+# One compute thread, and one image-loading worker (in the config): the two
+# cores. Measured on 2 shared cores: with 2 OpenMP threads an iteration took
+# 8-30 s as soon as anything else ran, against about 1 s with 1 thread; on an
+# idle machine 2 threads would save about a minute. Override by exporting it.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 CONFIG=configs/detection/toy/retinanet_casvit_xs_toy-shapes.py
 WORK=work_dirs/demo
 start=$SECONDS
