@@ -37,6 +37,16 @@ def assert_features_equal(model, official, arch, size, atol=1e-5):
         assert (a - b).abs().max().item() <= atol
 
 
+def with_output_norms_at_init(official, arch):
+    """The official dense model loaded from an ImageNet file: output norms at init."""
+    dense = dict(official)
+    init = CASViT(arch=arch).state_dict()
+    for i in range(4):
+        for name in ('weight', 'bias', 'running_mean', 'running_var'):
+            dense[f'norm{2 * i}.{name}'] = init[f'norm{i}.{name}']
+    return dense
+
+
 # ----------------------------------------------------------------- fidelity
 @pytest.mark.parametrize('arch', ['xs', 's', 'm', 't', 'l'])
 def test_official_dense_backbone_gives_identical_features(tmp_path, arch):
@@ -75,12 +85,7 @@ def test_imagenet_checkpoint_into_dense_backbone(tmp_path):
     assert 'output norms norm0, norm1, norm2, norm3' in log
     assert 'unused: classifier norm, head, dist_head' in log
     # the official dense model keeps its output norms at init too
-    dense = dict(official)
-    init = CASViT(arch='xs').state_dict()
-    for i in range(4):
-        for name in ('weight', 'bias', 'running_mean', 'running_var'):
-            dense[f'norm{2 * i}.{name}'] = init[f'norm{i}.{name}']
-    assert_features_equal(model, dense, 'xs', 224)
+    assert_features_equal(model, with_output_norms_at_init(official, 'xs'), 'xs', 224)
 
 
 def test_imagenet_checkpoint_into_classification_backbone(tmp_path):
@@ -248,12 +253,7 @@ def test_converter_cli_twice_changes_nothing(tmp_path, target):
     assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
     if target == 'backbone':
         model = build('xs', once)
-        dense = dict(official)
-        init = CASViT(arch='xs').state_dict()
-        for i in range(4):
-            for name in ('weight', 'bias', 'running_mean', 'running_var'):
-                dense[f'norm{2 * i}.{name}'] = init[f'norm{i}.{name}']
-        assert_features_equal(model, dense, 'xs', 64)
+        assert_features_equal(model, with_output_norms_at_init(official, 'xs'), 'xs', 64)
 
 
 def test_mmpretrain_classifier_checkpoint_into_dense_backbone(tmp_path):
