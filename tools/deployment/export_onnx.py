@@ -53,6 +53,9 @@ def parse_args():
     args = parser.parse_args()
     if bool(args.config) == bool(args.arch):
         parser.error('give either a config or --arch')
+    for what, path in (('config', args.config), ('--checkpoint', args.checkpoint)):
+        if path and not osp.isfile(path):
+            parser.error(f'{what} {path!r} does not exist')
     if min(args.shape) < 32 or args.batch < 1:
         parser.error('--shape needs H, W >= 32 (the backbone has stride 32), --batch >= 1')
     return args
