@@ -7,7 +7,7 @@ training-engine helpers of :mod:`casvit_mm.engine` in mmengine's registries.
 from mmengine.config.utils import MODULE2PACKAGE
 
 from . import engine  # noqa: F401  (registers the atomic-checkpoint hook, CPU amp, ...)
-from .models import CASViT
+from .models import CASViT, switch_model_to_deploy
 from .registry import REGISTERED_SCOPES, register_all
 from .version import __version__
 
@@ -18,4 +18,4 @@ register_all(models=[CASViT])
 # in casvit_mm/.mim/configs).
 MODULE2PACKAGE.setdefault('casvit_mm', 'casvit_mm')
 
-__all__ = ['CASViT', 'REGISTERED_SCOPES', '__version__']
+__all__ = ['CASViT', 'REGISTERED_SCOPES', 'switch_model_to_deploy', '__version__']

@@ -7,9 +7,9 @@ import sys
 import torch
 
 from casvit_mm import CASViT
-from casvit_mm.deployment import (export_onnx, onnxruntime_session, relative_error,
-                                  run_onnxruntime)
-from casvit_mm.models.deploy import switch_model_to_deploy
+from casvit_mm.apis import relative_error
+from casvit_mm.onnx_export import export_onnx, onnxruntime_session, run_onnxruntime
+from casvit_mm.models.fusion import switch_model_to_deploy
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOL = 1e-4

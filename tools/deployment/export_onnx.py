@@ -28,9 +28,10 @@ import torch
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
 from casvit_mm import CASViT  # noqa: E402
-from casvit_mm.deployment import (SegmentorLogits, build_model, export_onnx,  # noqa: E402
-                                  onnxruntime_session, relative_error, run_onnxruntime)
-from casvit_mm.models.deploy import switch_model_to_deploy  # noqa: E402
+from casvit_mm.apis import build_model, relative_error  # noqa: E402
+from casvit_mm.onnx_export import (SegmentorLogits, export_onnx,  # noqa: E402
+                                   onnxruntime_session, run_onnxruntime)
+from casvit_mm.models.fusion import switch_model_to_deploy  # noqa: E402
 
 
 def parse_args():
