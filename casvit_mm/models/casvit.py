@@ -16,8 +16,8 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .fusion import (conv_act, conv_binary, conv_out, fold_bn_into_conv, fold_bn_into_next_1x1,
-                     set_conv, use_fused_kernels)
+from .fusion import (conv_act, conv_binary, conv_out, conv_plain, fold_bn_into_conv,
+                     fold_bn_into_next_1x1, set_conv, use_fused_kernels)
 
 
 class Downsample(nn.Sequential):
@@ -107,8 +107,8 @@ class LocalIntegration(nn.Module):
 
     def forward_deploy(self, x, shortcut, fused):
         """``shortcut + LI(x)`` (``LI(x)`` if ``shortcut`` is None) in deploy mode."""
-        return conv_out(self.pw2, conv_act(self.dw, self.pw1(x), 'gelu', fused), shortcut,
-                        fused)
+        hidden = conv_act(self.dw, conv_plain(self.pw1, x, fused), 'gelu', fused)
+        return conv_out(self.pw2, hidden, shortcut, fused)
 
     @torch.no_grad()
     def switch_to_deploy(self):
@@ -196,7 +196,7 @@ class ConvAdditiveTokenMixer(nn.Module):
 
     def forward_deploy(self, x, shortcut, fused):
         """``shortcut + CATM(norm(x))`` (no shortcut if None) in deploy mode."""
-        qk, v = self.qk(x), self.v(x)
+        qk, v = conv_plain(self.qk, x, fused), conv_plain(self.v, x, fused)
         B, C2, H, W = qk.shape
         spatial = conv_act(self.spatial_dw, qk, 'relu', fused)
         spatial = conv_act(self.spatial_gate, spatial, 'sigmoid', fused)

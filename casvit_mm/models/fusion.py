@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ['bn_affine', 'fold_bn_into_conv', 'fold_bn_into_next_1x1', 'use_fused_kernels',
-           'conv_act', 'conv_binary', 'conv_out', 'set_conv', 'switch_model_to_deploy',
+           'conv_plain', 'conv_act', 'conv_binary', 'conv_out', 'set_conv', 'switch_model_to_deploy',
            'fold_output_norms_into_fpn']
 
 
@@ -99,6 +99,15 @@ def _conv_args(conv):
     return conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups
 
 
+def conv_plain(conv, x, fused):
+    """``conv(x)``, fused or not through the same oneDNN op as the others:
+    PyTorch's own dispatch leaves oneDNN for a slower GEMM path on 1x1
+    convolutions of batches below 16 when it runs on one thread."""
+    if fused:
+        return _POINTWISE(x, *_conv_args(conv), 'none', [], None)
+    return conv(x)
+
+
 def conv_act(conv, x, act, fused):
     """``act(conv(x))`` for ``act`` in gelu (exact, erf), relu, sigmoid."""
     if fused:
@@ -118,7 +127,9 @@ def conv_binary(conv, x, other, op, fused):
 
 def conv_out(conv, x, shortcut, fused):
     """``conv(x) + shortcut``, or ``conv(x)`` when ``shortcut`` is None."""
-    return conv(x) if shortcut is None else conv_binary(conv, x, shortcut, 'add', fused)
+    if shortcut is None:
+        return conv_plain(conv, x, fused)
+    return conv_binary(conv, x, shortcut, 'add', fused)
 
 
 # ------------------------------------------------------- whole-model helpers
