@@ -30,14 +30,19 @@ class SegmentorLogits(nn.Module):
 
 
 def _normalise(data_preprocessor, images):
-    """What an mmdet / mmseg ``data_preprocessor`` does to a batch, in the graph:
-    BGR -> RGB if configured, ``(x - mean) / std``, zero padding to the size
-    divisor (bottom and right). Images come as loaded (float, 0-255, BGR)."""
+    """What an mmdet / mmseg ``data_preprocessor`` does to a test batch, in the
+    graph: BGR -> RGB if configured, ``(x - mean) / std``, and (mmdet) zero
+    padding to ``pad_size_divisor``, bottom and right. Images come as loaded
+    (float, 0-255, BGR)."""
     pre = data_preprocessor
-    if getattr(pre, '_channel_conversion', False):
+    # mmengine's ImgDataPreprocessor (mmdet) and mmseg's own name the flag differently
+    if getattr(pre, '_channel_conversion', getattr(pre, 'channel_conversion', False)):
         images = images[:, [2, 1, 0]]
     if getattr(pre, '_enable_normalize', False):
         images = (images - pre.mean) / pre.std
+    if getattr(pre, 'test_cfg', None):  # mmseg pads at test time only when told to
+        raise ValueError(f'data_preprocessor.test_cfg={pre.test_cfg}: test-time padding '
+                         f'is not part of the exported graph')
     divisor = getattr(pre, 'pad_size_divisor', 1) or 1
     pad_h, pad_w = -images.shape[2] % divisor, -images.shape[3] % divisor
     if pad_h or pad_w:
@@ -123,14 +128,21 @@ class DetectorEnd2End(nn.Module):
             raise ValueError(f'DetectorEnd2End exports single-stage anchor heads with '
                              f'sigmoid scores (RetinaNet); got {type(detector).__name__}'
                              f' with {type(head).__name__}')
+        from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
+        if type(head.bbox_coder) is not DeltaXYWHBBoxCoder or head.bbox_coder.use_box_type:
+            raise ValueError(f'DetectorEnd2End decodes DeltaXYWHBBoxCoder boxes, got '
+                             f'{type(head.bbox_coder).__name__}')
         cfg = head.test_cfg
         if cfg.get('nms', {}).get('type', 'nms') != 'nms':
             raise ValueError(f'only plain NMS exports, got test_cfg.nms={cfg.nms}')
         self.detector = detector
 
     def forward(self, images):
+        # mmdet's own decoder; coder.decode() would take its broken ONNX branch when exporting
+        from mmdet.models.task_modules.coders.delta_xywh_bbox_coder import delta2bbox
         det = self.detector
         head, cfg = det.bbox_head, det.bbox_head.test_cfg
+        coder = head.bbox_coder
         h, w = images.shape[2:]
         x = _normalise(det.data_preprocessor, images)
         cls_scores, bbox_preds = head(det.extract_feat(x))[:2]
@@ -146,8 +158,9 @@ class DetectorEnd2End(nn.Module):
             score, index = flat.topk(k, dim=1)
             anchor = torch.div(index, C, rounding_mode='floor')
             delta = reg.gather(1, anchor[..., None].expand(-1, -1, 4))
-            decoded = head.bbox_coder.decode(prior[anchor].reshape(-1, 4),
-                                             delta.reshape(-1, 4), max_shape=(h, w))
+            decoded = delta2bbox(prior[anchor].reshape(-1, 4), delta.reshape(-1, 4),
+                                 coder.means, coder.stds, (h, w), clip_border=coder.clip_border,
+                                 add_ctr_clamp=coder.add_ctr_clamp, ctr_clamp=coder.ctr_clamp)
             boxes.append(decoded.reshape(B, k, 4))
             scores.append(score)
             labels.append(index - anchor * C)
