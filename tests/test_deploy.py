@@ -289,3 +289,21 @@ def test_inferencer():
     switch_model_to_deploy(inferencer.model)
     assert_fast_structure(inferencer.model.backbone)
     assert relative_error(reference, logits(inferencer)) < TOL
+
+
+def test_prepacked_weights_follow_new_weights():
+    """The fused kernels use weights pre-packed once; loading other weights
+    into a deployed model that already ran must not leave the old ones in use."""
+    x = torch.randn(2, 3, 64, 64)
+    first, second = (randomize_bn(CASViT('xs'), seed).eval() for seed in (0, 1))
+    with torch.no_grad():
+        reference = second(x)
+    first.switch_to_deploy()
+    second.switch_to_deploy()
+    with torch.no_grad():
+        first(x)  # packs first's weights
+        first.load_state_dict(second.state_dict())
+        assert relative_error(reference, first(x)) < TOL
+    clone = copy.deepcopy(first)  # a copy packs its own
+    with torch.no_grad():
+        assert relative_error(reference, clone(x)) < TOL

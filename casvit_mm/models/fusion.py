@@ -16,19 +16,22 @@ they share:
 * exact BatchNorm folding (in float64, then cast back);
 * :func:`conv_act` / :func:`conv_binary`: ``act(conv(x))``, ``conv(x) + y``
   and ``conv(x) * y`` as one oneDNN kernel on channels-last CPU tensors
-  (:func:`use_fused_kernels`), else as plain ops;
+  (:func:`use_fused_kernels`), with weights pre-packed once for oneDNN
+  (:func:`packed_weight`), else as plain ops;
 * the whole-model step that needs two models' parts at once: folding the
   backbone's output norms into an FPN's 1x1 lateral convs
   (:func:`fold_output_norms_into_fpn`, called by :func:`switch_model_to_deploy`).
 """
+import weakref
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ['bn_affine', 'fold_bn_into_conv', 'fold_bn_into_next_1x1', 'use_fused_kernels',
-           'conv_plain', 'conv_act', 'conv_binary', 'conv_out', 'set_conv', 'switch_model_to_deploy',
-           'fold_output_norms_into_fpn']
+           'packed_weight', 'conv_plain', 'conv_act', 'conv_binary', 'conv_out', 'set_conv',
+           'switch_model_to_deploy', 'fold_output_norms_into_fpn']
 
 
 # ------------------------------------------------------------ BN arithmetic
@@ -82,7 +85,12 @@ def set_conv(conv, weight, bias, like):
 # (or when tracing, compiling, exporting, or recording gradients, which it does
 # not support) the plain ops run instead: tests compare both with eval mode.
 _POINTWISE = getattr(getattr(torch.ops, 'mkldnn', None), '_convolution_pointwise', None)
+_REORDER = getattr(getattr(torch.ops, 'mkldnn', None), '_reorder_convolution_weight', None)
 _ACTIVATIONS = {'gelu': F.gelu, 'relu': F.relu, 'sigmoid': torch.sigmoid}
+# conv -> ((data_ptr, version), weight pre-packed for oneDNN); weak, so that copies and
+# deleted models take nothing along, and keyed by the weight's version, so that loading
+# new weights (load_state_dict copies in place) repacks instead of using stale ones.
+_PACKED = weakref.WeakKeyDictionary()
 
 
 def use_fused_kernels(x):
@@ -95,8 +103,26 @@ def use_fused_kernels(x):
             and not torch.onnx.is_in_onnx_export())
 
 
+def packed_weight(conv):
+    """``conv.weight`` reordered once into oneDNN's blocked layout, as Inductor's
+    freezing does: the fused op otherwise reorders the weight at every call,
+    which costs the most where the maps are small (8x224 inputs)."""
+    weight = conv.weight
+    if _REORDER is None:
+        return weight
+    key = (weight.data_ptr(), weight._version)
+    cached = _PACKED.get(conv)
+    if cached is None or cached[0] != key:
+        with torch.inference_mode(False), torch.no_grad():
+            packed = _REORDER(weight, list(conv.padding), list(conv.stride),
+                              list(conv.dilation), conv.groups, None)
+        cached = _PACKED[conv] = (key, packed)
+    return cached[1]
+
+
 def _conv_args(conv):
-    return conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups
+    return (packed_weight(conv), conv.bias, conv.padding, conv.stride, conv.dilation,
+            conv.groups)
 
 
 def conv_plain(conv, x, fused):
