@@ -307,3 +307,26 @@ def test_prepacked_weights_follow_new_weights():
     clone = copy.deepcopy(first)  # a copy packs its own
     with torch.no_grad():
         assert relative_error(reference, clone(x)) < TOL
+
+
+def test_mmpretrain_reparameterize_tool_as_is(tmp_path):
+    """mmpretrain's own tools/model_converters/reparameterize_model.py (shipped
+    in its wheel) fuses a CAS-ViT classifier; the deploy config loads the result
+    strictly."""
+    import mmpretrain
+    tool = osp.join(osp.dirname(mmpretrain.__file__), '.mim', 'tools', 'model_converters',
+                    'reparameterize_model.py')
+    if not osp.isfile(tool):
+        pytest.skip('this mmpretrain wheel ships no tools/')
+    config = osp.join(REPO, 'configs/classification/casvit_xs_toy.py')
+    trained = randomize_bn(build_model(config))
+    ckpt, out = tmp_path / 'cls.pth', tmp_path / 'cls_fused.pth'
+    torch.save(dict(meta={}, state_dict=trained.state_dict()), ckpt)
+    result = subprocess.run([sys.executable, tool, config, str(ckpt), str(out)], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    fused = build_model(osp.join(REPO, 'configs/classification/deploy/casvit_xs_toy.py'))
+    load_checkpoint(fused, str(out), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert relative_error(trained.extract_feat(x), fused.extract_feat(x)) < TOL
