@@ -9,24 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['SegmentorLogits', 'SegmentorLabelMap', 'DetectorEnd2End', 'export_onnx',
+__all__ = ['SegmentorLabelMap', 'DetectorEnd2End', 'export_onnx',
            'onnxruntime_session', 'run_onnxruntime', 'match_detections', 'box_iou']
-
-
-class SegmentorLogits(nn.Module):
-    """Tensor-in, tensor-out view of an mmseg segmentor for export.
-
-    ``forward(images)`` returns the decode head's logits at 1/4 of the input
-    size (``EncoderDecoder._forward``): the network itself, without mmseg's
-    data samples, resizing back to the original image or argmax.
-    """
-
-    def __init__(self, segmentor):
-        super().__init__()
-        self.segmentor = segmentor
-
-    def forward(self, images):
-        return self.segmentor._forward(images)
 
 
 def _normalise(data_preprocessor, images):

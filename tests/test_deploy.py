@@ -296,6 +296,7 @@ def test_prepacked_weights_follow_new_weights():
     into a deployed model that already ran must not leave the old ones in use."""
     x = torch.randn(2, 3, 64, 64)
     first, second = (randomize_bn(CASViT('xs'), seed).eval() for seed in (0, 1))
+    eval_second = copy.deepcopy(second)
     with torch.no_grad():
         reference = second(x)
     first.switch_to_deploy()
@@ -307,6 +308,9 @@ def test_prepacked_weights_follow_new_weights():
     clone = copy.deepcopy(first)  # a copy packs its own
     with torch.no_grad():
         assert relative_error(reference, clone(x)) < TOL
+        y = torch.randn(1, 3, 96, 64)  # another input shape: packed for it
+        assert relative_error(eval_second(y), first(y)) < TOL
+        assert relative_error(reference, first(x)) < TOL
 
 
 def test_mmpretrain_reparameterize_tool_as_is(tmp_path):

@@ -87,9 +87,11 @@ def set_conv(conv, weight, bias, like):
 _POINTWISE = getattr(getattr(torch.ops, 'mkldnn', None), '_convolution_pointwise', None)
 _REORDER = getattr(getattr(torch.ops, 'mkldnn', None), '_reorder_convolution_weight', None)
 _ACTIVATIONS = {'gelu': F.gelu, 'relu': F.relu, 'sigmoid': torch.sigmoid}
-# conv -> ((data_ptr, version), weight pre-packed for oneDNN); weak, so that copies and
-# deleted models take nothing along, and keyed by the weight's version, so that loading
-# new weights (load_state_dict copies in place) repacks instead of using stale ones.
+# conv -> ((data_ptr, version, input shape), weight pre-packed for oneDNN); weak, so that
+# copies and deleted models take nothing along; keyed by the weight's version, so that
+# loading new weights (load_state_dict copies in place) repacks instead of using stale
+# ones, and by the input shape, for which oneDNN picks the layout (one entry per conv:
+# a new shape repacks, which costs what the unpacked call costs anyway).
 _PACKED = weakref.WeakKeyDictionary()
 
 
@@ -103,25 +105,26 @@ def use_fused_kernels(x):
             and not torch.onnx.is_in_onnx_export())
 
 
-def packed_weight(conv):
-    """``conv.weight`` reordered once into oneDNN's blocked layout, as Inductor's
-    freezing does: the fused op otherwise reorders the weight at every call,
-    which costs the most where the maps are small (8x224 inputs)."""
+def packed_weight(conv, x):
+    """``conv.weight`` reordered once into the blocked layout oneDNN picks for
+    inputs shaped like ``x``, as Inductor's freezing does: the fused op
+    otherwise reorders the weight at every call (measured: 2-5 % of the
+    backbone's time, see docs/deploy.md)."""
     weight = conv.weight
     if _REORDER is None:
         return weight
-    key = (weight.data_ptr(), weight._version)
+    key = (weight.data_ptr(), weight._version, tuple(x.shape))
     cached = _PACKED.get(conv)
     if cached is None or cached[0] != key:
         with torch.inference_mode(False), torch.no_grad():
             packed = _REORDER(weight, list(conv.padding), list(conv.stride),
-                              list(conv.dilation), conv.groups, None)
+                              list(conv.dilation), conv.groups, list(x.shape))
         cached = _PACKED[conv] = (key, packed)
     return cached[1]
 
 
-def _conv_args(conv):
-    return (packed_weight(conv), conv.bias, conv.padding, conv.stride, conv.dilation,
+def _conv_args(conv, x):
+    return (packed_weight(conv, x), conv.bias, conv.padding, conv.stride, conv.dilation,
             conv.groups)
 
 
@@ -130,21 +133,21 @@ def conv_plain(conv, x, fused):
     PyTorch's own dispatch leaves oneDNN for a slower GEMM path on 1x1
     convolutions of batches below 16 when it runs on one thread."""
     if fused:
-        return _POINTWISE(x, *_conv_args(conv), 'none', [], None)
+        return _POINTWISE(x, *_conv_args(conv, x), 'none', [], None)
     return conv(x)
 
 
 def conv_act(conv, x, act, fused):
     """``act(conv(x))`` for ``act`` in gelu (exact, erf), relu, sigmoid."""
     if fused:
-        return _POINTWISE(x, *_conv_args(conv), act, [], 'none' if act == 'gelu' else None)
+        return _POINTWISE(x, *_conv_args(conv, x), act, [], 'none' if act == 'gelu' else None)
     return _ACTIVATIONS[act](conv(x))
 
 
 def conv_binary(conv, x, other, op, fused):
     """``conv(x) + other`` (``op='add'``) or ``conv(x) * other`` (``'mul'``)."""
     if fused:
-        w, b, padding, stride, dilation, groups = _conv_args(conv)
+        w, b, padding, stride, dilation, groups = _conv_args(conv, x)
         return _POINTWISE.binary(x, other, w, b, padding, stride, dilation, groups,
                                  op, None, None, [], None)
     # in place into the fresh conv output: no backward needs its old value for add
