@@ -33,6 +33,11 @@ class Downsample(nn.Sequential):
         super().__init__(*layers)
         self.deploy = deploy
 
+    def forward(self, x):
+        if self.deploy:  # through the same oneDNN op (pre-packed weight) as the blocks
+            return conv_plain(self[0], x, use_fused_kernels(x))
+        return super().forward(x)
+
     @torch.no_grad()
     def switch_to_deploy(self):
         if self.deploy:
