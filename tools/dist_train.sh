@@ -3,6 +3,10 @@
 # CPU processes with the gloo backend when there is no CUDA).
 #   bash tools/dist_train.sh CONFIG NPROC [train.py options...]
 # Several machines: set NNODES, NODE_RANK, MASTER_ADDR (and PORT) on each.
+# Stopping: SIGTERM to torchrun (or to any worker) makes every worker finish the
+# same iteration, save it and stop; torchrun then exits 1 and its summary shows
+# the workers' exitcode 75, and WORK_DIR/preempted names the checkpoint. Continue
+# with the same command and --resume. (torchrun does not forward SIGUSR1.)
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
   echo "usage: bash tools/dist_train.sh CONFIG NPROC [train.py options...]" >&2
