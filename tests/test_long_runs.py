@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -288,6 +287,78 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_iteration(toy, t
         assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
     assert_same_weights(weights(stopped / 'iter_6.pth'), weights(straight / 'iter_6.pth'),
                         weights(stopped / f'iter_{done}.pth'))
+
+
+
+# A scheduler's signal at a known iteration, from inside the process (a tiny
+# classifier trains too fast to be signalled from outside at a chosen point).
+SIGNAL_AT = """
+import os, signal
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class SignalAt(Hook):
+    def __init__(self, at, sig):
+        self.at, self.sig = at, getattr(signal, sig)
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter + 1 == self.at:
+            os.kill(os.getpid(), self.sig)
+"""
+
+
+def test_sigusr1_inside_an_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """Epoch-based (the classification recipe): SIGUSR1 (Slurm's --signal) during
+    the 2nd iteration of epoch 2 saves iter_6.pth; --resume skips the 2 batches of
+    epoch 2 already trained and ends equal to an uninterrupted run."""
+    from casvit_mm.toy_data.imagenet import make_toy_imagenet
+    data = make_toy_imagenet(str(tmp_path / 'data'), num_train=2, num_val=1, size=64)
+    (tmp_path / 'signal_at.py').write_text(SIGNAL_AT)
+    tiny, signalled = tmp_path / 'tiny_cls.py', tmp_path / 'tiny_cls_signalled.py'
+    tiny.write_text(
+        f'_base_ = [{osp.join(REPO, "configs/classification/casvit_xs_toy.py")!r}]\n'
+        'model = dict(backbone=dict(arch=dict(_delete_=True, depths=[1, 1, 1, 1],\n'
+        '                                     widths=[16, 16, 32, 32])),\n'
+        '             head=dict(in_channels=32))\n')
+    signalled.write_text(
+        "_base_ = ['./tiny_cls.py']\n"
+        "custom_imports = dict(imports=['casvit_mm', 'signal_at'], allow_failed_imports=False)\n"
+        "custom_hooks = [dict(type='EMAHook', momentum=0.05, interval=1,\n"
+        "                     priority='ABOVE_NORMAL'),\n"
+        "                dict(type='SignalAt', at=6, sig='SIGUSR1')]\n")
+    # 8 images, batch 2: 4 iterations per epoch. One data worker, restarted every
+    # epoch: the random crops of an epoch do not depend on the epochs before it.
+    opts = ['train_cfg.max_epochs=2', 'train_cfg.val_interval=10', 'train_dataloader.batch_size=2',
+            'default_hooks.logger.interval=1', 'randomness.deterministic=True',
+            'train_dataloader.num_workers=1', 'train_dataloader.persistent_workers=False']
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        opts.append(f'{loader}.dataset.data_root={data["root"]}')
+    env = dict(ENV, PYTHONPATH=os.pathsep.join([str(tmp_path), ENV.get('PYTHONPATH', '')]))
+
+    def train_cls(config, work, *flags):
+        proc = subprocess.run([sys.executable, 'tools/train.py', str(config), '--work-dir',
+                               str(work), *flags, '--cfg-options', *opts],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    stopped, straight = tmp_path / 'stopped', tmp_path / 'straight'
+    code, out = train_cls(signalled, stopped)
+    assert code == EXIT_PREEMPTED, out[-4000:]
+    assert 'Pre-empted (SIGUSR1 received): stopped after iteration 6' in out
+    assert latest(stopped) == str(stopped / 'iter_6.pth')
+    meta = safe_load(stopped / 'iter_6.pth')['meta']
+    assert (meta['epoch'], meta['iter']) == (1, 6)  # 1 epoch done, epoch 2 unfinished
+
+    code, out = train_cls(tiny, stopped, '--resume')
+    assert code == 0, out[-4000:]
+    assert 'reading and skipping its first 2 batches' in out
+    assert logged_steps(stopped)[-1] == [7, 8]
+    code, out = train_cls(tiny, straight)
+    assert code == 0, out[-4000:]
+    assert_same_weights(weights(stopped / 'epoch_2.pth'), weights(straight / 'epoch_2.pth'),
+                        weights(stopped / 'iter_6.pth'))
 
 
 # ------------------------------------------------------------ bad samples

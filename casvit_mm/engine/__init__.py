@@ -3,9 +3,10 @@ precision, multi-process runs on CPUs and mmengine's ``compile`` option.
 
 Importing this package registers ``AtomicCheckpointHook``,
 ``PlainParamGroupsHook``, ``NonFiniteLossHook`` and ``PreemptionHook``
-(mmengine HOOKS), ``ResumableEpochBasedTrainLoop`` (mmengine LOOPS) and
-``CPUAmpOptimWrapper`` (mmengine OPTIM_WRAPPERS); these registries are the parents of mmdet's, mmseg's and
-mmpretrain's, so the names resolve under any default scope.
+(mmengine HOOKS), ``ResumableEpochBasedTrainLoop`` (mmengine LOOPS),
+``CPUAmpOptimWrapper`` (mmengine OPTIM_WRAPPERS) and ``NameBadSample``
+(mmengine TRANSFORMS); these registries are the parents of mmdet's, mmseg's
+and mmpretrain's, so the names resolve under any default scope.
 """
 from .atomic_checkpoint import (AtomicCheckpointHook, atomic_write, commit_file,
                                 use_atomic_checkpoints)
@@ -14,10 +15,10 @@ from .cpu_amp import CPUAmpOptimWrapper
 from .cpu_dist import setup_cpu_distributed
 from .guards import use_long_run_guards
 from .non_finite import EXIT_DIVERGED, NonFiniteLossHook, TrainingDiverged
-# NameBadSample: tools/train.py wraps loading steps in it, so a dumped config names it.
-from ..utils import sample_errors  # noqa: F401,I001
 from .preemption import (EXIT_PREEMPTED, Preempted, PreemptionHook,
                          ResumableEpochBasedTrainLoop)
+# NameBadSample: tools/train.py wraps loading steps in it, so a dumped config names it.
+from ..utils import sample_errors  # noqa: F401,E402
 
 __all__ = ['AtomicCheckpointHook', 'CPUAmpOptimWrapper', 'EXIT_DIVERGED', 'EXIT_PREEMPTED',
            'NonFiniteLossHook', 'PlainParamGroupsHook', 'Preempted', 'PreemptionHook',
