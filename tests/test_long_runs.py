@@ -82,6 +82,26 @@ def latest(work):
     return (work / 'last_checkpoint').read_text().strip()
 
 
+
+def test_tools_train_adds_the_guards_once_and_a_resumable_epoch_loop():
+    from mmengine.config import Config
+
+    from casvit_mm.engine import PreemptionHook, use_long_run_guards
+    cfg = Config(dict(custom_hooks=[dict(type='EMAHook')],
+                      train_cfg=dict(type='EpochBasedTrainLoop', max_epochs=12)))
+    use_long_run_guards(use_long_run_guards(cfg))
+    assert [h['type'] for h in cfg.custom_hooks] == ['EMAHook', 'NonFiniteLossHook',
+                                                     'PreemptionHook']
+    assert cfg.train_cfg.type == 'ResumableEpochBasedTrainLoop'
+    cfg = use_long_run_guards(Config(dict(train_cfg=dict(by_epoch=True, max_epochs=1))))
+    assert cfg.train_cfg == dict(type='ResumableEpochBasedTrainLoop', max_epochs=1)
+    cfg = use_long_run_guards(Config(dict(train_cfg=dict(type='IterBasedTrainLoop',
+                                                          max_iters=9))))
+    assert cfg.train_cfg.type == 'IterBasedTrainLoop'
+    with pytest.raises(ValueError, match='SIGTERM'):
+        PreemptionHook(signals=('SIGTREM',))
+
+
 # ------------------------------------------------------------ divergence
 def test_diverging_run_stops_loudly_and_keeps_the_last_finite_checkpoint(toy, tmp_path):
     work = tmp_path / 'lr1000'
