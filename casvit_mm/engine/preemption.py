@@ -139,8 +139,7 @@ class PreemptionHook(Hook):
         # of max_keep_ckpts' rotation) and runs without the atomic hook.
         check_finite_state(runner)
         out_dir = hook.out_dir if hook is not None and hook._is_local() else runner.work_dir
-        runner.logger.info(f'Saving checkpoint at {step} iterations (pre-emption, '
-                           f'epoch {runner.epoch + 1} unfinished)')
+        runner.logger.info(f'Saving checkpoint at {step} iterations (pre-emption)')
         return save_atomically(runner, out_dir, f'iter_{step}.pth', by_epoch=False,
                                meta=dict(epoch=runner.epoch, iter=step))
 
