@@ -126,6 +126,39 @@ def test_diverging_run_stops_loudly_and_keeps_the_last_finite_checkpoint(toy, tm
     assert f'The last checkpoint, {saved[-1]}, holds finite weights' in out
 
 
+@pytest.mark.parametrize('task', ['segmentation', 'classification'])
+def test_segmentation_and_classification_runs_stop_the_same_way(task, tmp_path):
+    """The guards are the same for mmseg and mmpretrain configs: lr 1e6 stops the
+    toy run with exit 3 and no non-finite checkpoint."""
+    from casvit_mm.toy_data.ade import make_toy_ade
+    from casvit_mm.toy_data.imagenet import make_toy_imagenet
+    if task == 'segmentation':
+        config = 'configs/segmentation/fpn_casvit_xs_toy.py'
+        root = make_toy_ade(str(tmp_path / 'data'), num_train=4, num_val=1, size=(64, 64))['root']
+        opts = ['train_cfg.max_iters=6', 'train_cfg.val_interval=100']
+    else:
+        config = 'configs/classification/casvit_xs_toy.py'
+        root = make_toy_imagenet(str(tmp_path / 'data'), num_train=2, num_val=1, size=64)['root']
+        opts = ['train_cfg.max_epochs=2', 'train_cfg.val_interval=100']
+    opts += ['optim_wrapper.optimizer.lr=1e6', 'default_hooks.checkpoint.interval=1',
+             'default_hooks.checkpoint.by_epoch=False', 'train_dataloader.batch_size=2',
+             'default_hooks.logger.interval=1']
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        opts += [f'{loader}.dataset.data_root={root}', f'{loader}.num_workers=0',
+                 f'{loader}.persistent_workers=False']
+    work = tmp_path / 'work'
+    proc = subprocess.run([sys.executable, 'tools/train.py', config, '--work-dir', str(work),
+                           '--cfg-options', *opts],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == EXIT_DIVERGED, out[-4000:]
+    assert 'Training stopped at iteration ' in out and 'non-finite' in out
+    saved = glob.glob(str(work / '*.pth'))
+    assert saved and f'The last checkpoint, {latest(work)}, holds finite weights' in out
+    for path in saved:
+        assert not non_finite(path), path
+
+
 # A real mmengine Runner training a linear model, checkpoint every iteration,
 # max_keep_ckpts=1, in one of two ways to diverge at iteration 3:
 # - overflow: the loss stays finite while the update overflows the weights (SGD
