@@ -11,7 +11,10 @@ of every training iteration (after every other hook: the parameter schedulers
 have stepped, EMA is updated, the periodic checkpoint is written) the flag is
 read; in a multi-process run it is all-reduced first (one one-element
 all-reduce per iteration), so every rank stops at the same iteration even when
-the signal reached only some of them. Then the iteration is checkpointed
+the signal reached only some of them. (On GPUs that all-reduce comes after
+mmengine's ``RuntimeInfoHook`` has already waited for the iteration to finish,
+by turning each loss into a float for the log, so it adds a message, not a
+stall; ``interval`` thins it out.) Then the iteration is checkpointed
 atomically (``iter_N.pth`` through ``.partial`` + rename, ``last_checkpoint``
 pointed at it; skipped when the periodic checkpoint already saved this
 iteration), all ranks wait for rank 0 to finish writing, and the process exits
