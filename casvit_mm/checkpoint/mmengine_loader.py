@@ -1,0 +1,40 @@
+"""Make mmengine read local checkpoint files through :func:`safe_load`.
+
+Why: mmengine 0.11's loader for local paths (``CheckpointLoader`` scheme ``''``)
+calls ``torch.load(..., weights_only=False)``, and every OpenMMLab entry point
+goes through it: ``Runner.load_from`` and ``--resume``, ``load_checkpoint``,
+``init_cfg=dict(type='Pretrained')``, mmdet's / mmseg's / mmpretrain's own
+``tools/test.py`` and their inferencers. ``CheckpointLoader.register_scheme``
+is mmengine's documented extension point; replacing the ``''`` scheme when
+``casvit_mm`` is imported (by our tools, or by ``custom_imports`` in a config)
+puts all of them behind the allowlist. The loaded state dict is tagged with
+its file so that the backbone's load hook can name it in errors.
+
+URLs and other schemes are left to mmengine (nothing is downloaded here).
+"""
+import os.path as osp
+
+from mmengine.runner.checkpoint import CheckpointLoader
+
+from .safe_load import safe_load, tag_source
+
+
+def load_from_local_weights_only(filename, map_location=None):
+    """mmengine's local loader, with ``weights_only=True`` and an allowlist.
+
+    (mmengine logs ``Loads checkpoint by local_weights_only backend``: the name
+    after ``load_from_`` is what it prints.)
+    """
+    filename = osp.expanduser(filename)
+    return tag_source(safe_load(filename, map_location=map_location), filename)
+
+
+def register_safe_loader():
+    """Replace mmengine's loader for local paths (idempotent)."""
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only,
+                                     force=True)
+
+
+def safe_loader_is_registered():
+    return CheckpointLoader._get_checkpoint_loader('any/local/file.pth') is \
+        load_from_local_weights_only
