@@ -13,12 +13,14 @@ from mmengine.config.utils import MODULE2PACKAGE
 
 from . import engine  # noqa: F401  (registers the atomic-checkpoint hook, CPU amp, ...)
 from .checkpoint import register_safe_loader
+from .model_index import register_model_index
 from .models import CASViT
 from .registry import REGISTERED_SCOPES, register_all
 from .version import __version__
 
 register_all(models=[CASViT])
 register_safe_loader()
+register_model_index()
 
 # Let configs inherit ours as `casvit_mm::detection/...`, the way `mmdet::` works
 # (mmengine resolves such paths only for packages listed here; the configs ship
