@@ -307,3 +307,16 @@ def test_a_trusted_legacy_file_loads_when_listed(tmp_path, monkeypatch):
         safe_load(path)
     monkeypatch.setenv(TRUSTED_ENV, os.pathsep.join(['elsewhere.pth', str(path)]))
     assert safe_load(path)['meta']['when'] == datetime.date(2024, 1, 1)
+
+
+def test_resuming_an_official_file_says_to_use_load_from(toy, tmp_path):
+    """mmengine can resume only its own runs: the weights of an mmcv 1.x file are for
+    load_from, and tools/train.py says so instead of mmengine's KeyError."""
+    path = tmp_path / 'retinanet_rcvit_xs.pth'
+    official_file(osp.join(REPO, RETINA_TOY), 'xs', path)
+    proc = run('tools/train.py', RETINA_TOY, '--work-dir', tmp_path / 'work', '--resume', path,
+               '--cfg-options', *toy_options(toy), ok=False)
+    assert proc.returncode != 0
+    assert (f"--resume: '{path}' cannot be resumed: it holds no mmengine training state"
+            in proc.stderr)
+    assert 'mmdet_version 2.24.0' in proc.stderr and f'load_from={path}' in proc.stderr

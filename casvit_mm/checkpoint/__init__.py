@@ -21,14 +21,14 @@ from .backbone import convert_on_load, fit_backbone_state_dict, load_backbone_ch
 from .convert import (CLASSIFIER_KEYS, convert_official, extract_state_dict, infer_arch,
                       is_official_layout, is_whole_model, to_backbone, to_mm_model,
                       to_mmpretrain)
-from .mmengine_loader import (load_from_local_weights_only, register_safe_loader,
-                              safe_loader_is_registered)
+from .mmengine_loader import (check_resumable, load_from_local_weights_only,
+                              register_safe_loader, safe_loader_is_registered)
 from .safe_load import (TRUSTED_ENV, CheckpointError, MissingCheckpointError,
                         UnsafeCheckpointError, safe_globals, safe_load, tag_source)
 
 __all__ = [
     'CLASSIFIER_KEYS', 'TRUSTED_ENV', 'CheckpointError', 'MissingCheckpointError',
-    'UnsafeCheckpointError', 'convert_official', 'convert_on_load', 'extract_state_dict',
+    'UnsafeCheckpointError', 'check_resumable', 'convert_official', 'convert_on_load', 'extract_state_dict',
     'fit_backbone_state_dict', 'infer_arch', 'is_official_layout', 'is_whole_model',
     'load_backbone_checkpoint', 'load_from_local_weights_only', 'register_safe_loader',
     'safe_globals', 'safe_load', 'safe_loader_is_registered', 'tag_source', 'to_backbone',

@@ -16,7 +16,7 @@ import os.path as osp
 
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .safe_load import safe_load, tag_source
+from .safe_load import CheckpointError, safe_load, tag_source
 
 
 def load_from_local_weights_only(filename, map_location=None):
@@ -38,3 +38,25 @@ def register_safe_loader():
 def safe_loader_is_registered():
     return CheckpointLoader._get_checkpoint_loader('any/local/file.pth') is \
         load_from_local_weights_only
+
+
+def check_resumable(path):
+    """Raise ``CheckpointError`` when ``path`` cannot be resumed by mmengine's Runner.
+
+    Why: an official file (mmcv 1.x, mmdet 2.24 / mmseg 0.24) has the weights
+    but not the training state mmengine resumes (``message_hub``, the
+    schedulers); ``Runner.resume`` then stops with ``KeyError: 'message_hub'``
+    after loading the weights. Its weights are meant for ``load_from`` (fine-tune)
+    or ``tools/test.py``.
+    """
+    checkpoint = safe_load(path)
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    if isinstance(meta, dict) and 'message_hub' in checkpoint:
+        return
+    made_by = ', '.join(f'{k} {meta[k]}' for k in ('mmdet_version', 'mmseg_version',
+                                                   'mmcv_version')
+                        if isinstance(meta, dict) and k in meta) or 'not mmengine'
+    raise CheckpointError(
+        f'{path!r} cannot be resumed: it holds no mmengine training state (message_hub, '
+        f'schedulers; it was written by {made_by}). To start training from its weights '
+        f'use --cfg-options load_from={path}; to evaluate it, tools/test.py CONFIG {path}.')
