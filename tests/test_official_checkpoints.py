@@ -212,16 +212,34 @@ def toy_options(toy):
     return opts
 
 
-def test_official_file_through_tools_test(toy, tmp_path):
-    path = tmp_path / 'retinanet_rcvit_xs.pth'
-    official_file(osp.join(REPO, RETINA_TOY), 'xs', path)
-    proc = run('tools/test.py', RETINA_TOY, path, '--work-dir', tmp_path / 'work',
-               '--cfg-options', *toy_options(toy), 'model.test_cfg.score_thr=0.0')
+@pytest.fixture(scope='module')
+def toy_ade(tmp_path_factory):
+    from casvit_mm.toy_data.ade import make_toy_ade
+    return make_toy_ade(str(tmp_path_factory.mktemp('official_toy_ade')), num_train=2,
+                        num_val=2, size=(96, 72), seed=0)
+
+
+@pytest.mark.parametrize('config, metric', [
+    (RETINA_TOY, 'coco/bbox_mAP'),
+    ('configs/detection/toy/mask_rcnn_casvit_xs_toy-shapes.py', 'coco/segm_mAP'),
+    ('configs/segmentation/fpn_casvit_xs_toy.py', 'mIoU'),
+], ids=['retinanet', 'mask_rcnn', 'fpn'])
+def test_official_file_through_tools_test(config, metric, toy, toy_ade, tmp_path):
+    path = tmp_path / 'official.pth'
+    official_file(osp.join(REPO, config), 'xs', path)
+    if 'segmentation' in config:
+        opts = ['test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False',
+                f'test_dataloader.dataset.data_root={toy_ade["root"]}']
+    else:
+        opts = toy_options(toy) + ['model.test_cfg.score_thr=0.0' if 'retina' in config
+                                   else 'model.test_cfg.rcnn.score_thr=0.0']
+    proc = run('tools/test.py', config, path, '--work-dir', tmp_path / 'work',
+               '--cfg-options', *opts)
     log = proc.stdout + proc.stderr
     assert 'local_weights_only backend' in log
-    assert f"CASViT 'backbone': loaded" in log and '(official layout)' in log
+    assert "CASViT 'backbone': loaded" in log and '(official layout)' in log
     assert 'do not match exactly' not in log  # mmengine's mismatch warning
-    assert 'coco/bbox_mAP' in log
+    assert metric in log
 
 
 # --------------------------------------------- code-running pickles: refused
@@ -320,3 +338,20 @@ def test_resuming_an_official_file_says_to_use_load_from(toy, tmp_path):
     assert (f"--resume: '{path}' cannot be resumed: it holds no mmengine training state"
             in proc.stderr)
     assert 'mmdet_version 2.24.0' in proc.stderr and f'load_from={path}' in proc.stderr
+
+
+def test_the_loading_code_does_not_import_the_model():
+    """No import circle: models/casvit.py imports casvit_mm.checkpoint.backbone, so
+    nothing it pulls in may import casvit_mm.models (whole_model.py, which builds
+    configs, is imported by the converter only)."""
+    import ast
+    folder = osp.join(REPO, 'casvit_mm', 'checkpoint')
+    for name in ('__init__.py', 'backbone.py', 'convert.py', 'safe_load.py',
+                 'mmengine_loader.py'):
+        tree = ast.parse(open(osp.join(folder, name)).read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert 'models' not in (node.module or '') and 'whole_model' not in (
+                    node.module or ''), f'{name} imports {node.module}'
+            elif isinstance(node, ast.Import):
+                assert not any('casvit_mm.models' in a.name for a in node.names), name
