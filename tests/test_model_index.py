@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from mmengine.fileio import load
+from mmengine.registry import DefaultScope
 
 import casvit_mm  # noqa: F401  (adds the model index)
 from casvit_mm.checkpoint import to_mmpretrain
@@ -66,8 +67,12 @@ def test_image_classification_inferencer_by_name(tmp_path):
     path = tmp_path / 'casvit-xs_3rdparty_in1k.pth'
     official = official_state_dict('xs', classifier=True, num_classes=1000, seed=6)
     torch.save(dict(state_dict=to_mmpretrain(official)), path)
-    inferencer = ImageClassificationInferencer('casvit-xs_3rdparty_in1k', pretrained=str(path))
-    result = inferencer(image())[0]
+    # mmpretrain's inferencer builds its pipeline under the current default scope,
+    # which an earlier DetInferencer in the same process leaves at 'mmdet'.
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        inferencer = ImageClassificationInferencer('casvit-xs_3rdparty_in1k',
+                                                   pretrained=str(path))
+        result = inferencer(image())[0]
     assert len(result['pred_scores']) == 1000
 
 

@@ -355,3 +355,45 @@ def test_the_loading_code_does_not_import_the_model():
                     node.module or ''), f'{name} imports {node.module}'
             elif isinstance(node, ast.Import):
                 assert not any('casvit_mm.models' in a.name for a in node.names), name
+
+
+# ------------------------------------------- official ImageNet files as downloaded
+def official_imagenet_file(path, arch='xs', seed=7):
+    import argparse
+    official = official_state_dict(arch, classifier=True, num_classes=1000, seed=seed)
+    torch.save(dict(model=official, model_ema=official, epoch=299,
+                    optimizer=dict(state={}, param_groups=[]),
+                    args=argparse.Namespace(model=f'rcvit_{arch}', input_size=224)), path)
+    return official
+
+
+def test_official_imagenet_file_as_downloaded_into_get_model(tmp_path):
+    """mmengine's loader reads it as an mmpretrain classifier: no converter needed."""
+    from mmpretrain import get_model
+    path = tmp_path / 'cas-vit-xs.pth'
+    official = official_imagenet_file(path)
+    model = get_model('casvit-xs_3rdparty_in1k', pretrained=str(path)).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(x, mode='tensor')
+    assert (logits - official_forward(official, x, 'xs', classifier=True)).abs().max() <= 1e-5
+
+
+def test_official_imagenet_file_into_a_backbone_with_a_list_init_cfg(tmp_path):
+    """PretrainedInit without prefix: the hook takes the backbone, output norms at init."""
+    from casvit_mm import CASViT
+    path = tmp_path / 'cas-vit-xs.pth'
+    official = official_imagenet_file(path)
+    model = CASViT(arch='xs', init_cfg=[dict(type='Pretrained', checkpoint=str(path))])
+    model.init_weights()
+    model.eval()
+    init = CASViT(arch='xs').state_dict()
+    dense = dict(official)
+    for i in range(4):
+        for name in ('weight', 'bias', 'running_mean', 'running_var'):
+            dense[f'norm{2 * i}.{name}'] = init[f'norm{i}.{name}']
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = model(x)
+    for a, b in zip(ours, official_forward(dense, x, 'xs')):
+        assert (a - b).abs().max() <= 1e-5

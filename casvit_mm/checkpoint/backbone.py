@@ -135,7 +135,17 @@ def convert_on_load(module, state_dict, prefix, local_metadata, strict, missing_
     if _fits_as_is(module, local):
         return
     source = (local_metadata or {}).get(SOURCE_KEY)
-    fitted, report = fit_backbone_state_dict(module, local, source, prefix)
+    from_classifier, others = False, []
+    if not prefix and any(k.startswith('backbone.') for k in local):
+        # A whole classifier or detector given to the bare backbone (a list
+        # init_cfg without prefix): take its backbone, leave the rest unused.
+        from_classifier = any(k.startswith('head.') for k in local)
+        others = [k for k in local if not k.startswith('backbone.')]
+        local = strip_prefix(local, 'backbone.')
+    fitted, report = fit_backbone_state_dict(module, local, source, prefix,
+                                             from_classifier=from_classifier)
+    if others:
+        report['message'] += f'; unused: the rest of the whole model {group_keys(others)}'
     for k in keys:
         del state_dict[k]
     state_dict.update((prefix + k, v) for k, v in fitted.items())

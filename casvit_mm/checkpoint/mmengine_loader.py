@@ -10,13 +10,35 @@ is mmengine's documented extension point; replacing the ``''`` scheme when
 puts all of them behind the allowlist. The loaded state dict is tagged with
 its file so that the backbone's load hook can name it in errors.
 
-URLs and other schemes are left to mmengine (nothing is downloaded here).
+An official ImageNet file (``model`` / ``model_ema`` / ``args``, backbone and
+classifier keys at the top level) is handed on as an mmpretrain classifier
+checkpoint (``state_dict`` with ``backbone.*`` and ``head.head`` /
+``head.dist_head``), so that ``get_model(name, pretrained=cas-vit-m.pth)`` and
+``tools/test.py`` work with the file as downloaded; a backbone loaded from it
+drops the classifier in its load hook. URLs and other schemes are left to
+mmengine (nothing is downloaded here).
 """
 import os.path as osp
 
+from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from .convert import is_official_layout, to_mmpretrain
 from .safe_load import CheckpointError, safe_load, tag_source
+
+
+def as_mmpretrain_if_official_classifier(checkpoint, filename):
+    """An official ImageNet checkpoint -> ``dict(state_dict=<mmpretrain layout>)``."""
+    if not isinstance(checkpoint, dict) or 'state_dict' in checkpoint:
+        return checkpoint
+    weights = checkpoint.get('model') if isinstance(checkpoint.get('model'), dict) \
+        else checkpoint
+    if not (is_official_layout(weights)
+            and any(k.startswith(('head.', 'dist_head.')) for k in weights)):
+        return checkpoint
+    print_log(f'{filename}: an official CAS-ViT ImageNet checkpoint, read as an mmpretrain '
+              f'classifier (backbone.*, head.head, head.dist_head)', logger='current')
+    return dict(state_dict=to_mmpretrain(weights), meta=dict(converted_from=filename))
 
 
 def load_from_local_weights_only(filename, map_location=None):
@@ -26,7 +48,8 @@ def load_from_local_weights_only(filename, map_location=None):
     after ``load_from_`` is what it prints.)
     """
     filename = osp.expanduser(filename)
-    return tag_source(safe_load(filename, map_location=map_location), filename)
+    checkpoint = safe_load(filename, map_location=map_location)
+    return tag_source(as_mmpretrain_if_official_classifier(checkpoint, filename), filename)
 
 
 def register_safe_loader():
