@@ -300,6 +300,21 @@ def test_evil_file_refused_by_mmdets_own_test_tool(evil, toy, tmp_path):
     assert_refused(proc, path, marker)
 
 
+@pytest.mark.parametrize('tool', ['demo/image_demo.py', 'tools/deployment/export_onnx.py'])
+def test_evil_file_refused_by_demo_and_export_tool(evil, tool, tmp_path):
+    import cv2
+    import numpy as np
+    path, marker = evil
+    image = tmp_path / 'image.jpg'
+    cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
+    if tool.startswith('demo'):
+        args = [image, RETINA_TOY, '--weights', path, '--out-dir', tmp_path / 'out']
+    else:
+        args = [RETINA_TOY, '--checkpoint', path, '--out-dir', tmp_path / 'out']
+    proc = run(tool, *args, ok=False)
+    assert_refused(proc, path, marker)
+
+
 def test_evil_file_refused_by_load_checkpoint_and_inferencer(evil):
     path, marker = evil
     model = build_model(osp.join(REPO, RETINA_TOY))
