@@ -13,6 +13,7 @@ from mmengine.config.utils import MODULE2PACKAGE
 
 from . import engine  # noqa: F401  (registers the atomic-checkpoint hook, CPU amp, ...)
 from .checkpoint import register_safe_loader
+from .checkpoint import whole_model  # noqa: F401  (registers StrictCheckpointHook)
 from .model_index import register_model_index
 from .models import CASViT
 from .registry import REGISTERED_SCOPES, register_all

@@ -412,3 +412,19 @@ def test_official_imagenet_file_into_a_backbone_with_a_list_init_cfg(tmp_path):
         ours = model(x)
     for a, b in zip(ours, official_forward(dense, x, 'xs')):
         assert (a - b).abs().max() <= 1e-5
+
+
+def test_tools_test_stops_when_the_heads_do_not_fit(toy, tmp_path):
+    """A RetinaNet file given to a Mask R-CNN config: mmengine would warn and evaluate
+    random heads; tools/test.py stops, naming the file, the model and the keys."""
+    path = tmp_path / 'retinanet_rcvit_xs.pth'
+    official_file(config_path('retinanet', 'xs'), 'xs', path)
+    proc = run('tools/test.py', 'configs/detection/toy/mask_rcnn_casvit_xs_toy-shapes.py', path,
+               '--work-dir', tmp_path / 'work', '--cfg-options', *toy_options(toy), ok=False)
+    assert proc.returncode != 0
+    assert f"Checkpoint '{path}' does not fit the MaskRCNN of this config" in proc.stderr
+    assert "tensors missing (first: ['neck.lateral_convs.3.conv.weight'" in proc.stderr
+    assert "'bbox_head.cls_convs.0.conv.weight'" in proc.stderr  # left over
+    assert 'of another shape' in proc.stderr
+    assert ('Its keys are those of configs/detection/retinanet_casvit_xs.py (model '
+            'retinanet_casvit-xs_fpn_1x_coco)') in proc.stderr
