@@ -428,3 +428,18 @@ def test_tools_test_stops_when_the_heads_do_not_fit(toy, tmp_path):
     assert 'of another shape' in proc.stderr
     assert ('Its keys are those of configs/detection/retinanet_casvit_xs.py (model '
             'retinanet_casvit-xs_fpn_1x_coco)') in proc.stderr
+
+
+def test_official_file_through_mmdets_own_test_tool(toy, tmp_path):
+    """mmdet's packaged tools/test.py, casvit_mm only through the config's custom_imports."""
+    import mmdet
+    tool = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'test.py')
+    if not osp.isfile(tool):
+        pytest.skip('this mmdet wheel ships no .mim/tools/test.py')
+    path = tmp_path / 'retinanet_rcvit_xs.pth'
+    official_file(osp.join(REPO, RETINA_TOY), 'xs', path)
+    proc = run(tool, RETINA_TOY, path, '--work-dir', tmp_path / 'work',
+               '--cfg-options', *toy_options(toy), 'model.test_cfg.score_thr=0.0')
+    log = proc.stdout + proc.stderr
+    assert 'local_weights_only backend' in log and '(official layout)' in log
+    assert 'do not match exactly' not in log and 'coco/bbox_mAP' in log
