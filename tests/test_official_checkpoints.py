@@ -154,7 +154,8 @@ def run(*args, ok=True, env=None):
     proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env or ENV,
                           capture_output=True, text=True, timeout=900)
     if ok:
-        assert proc.returncode == 0, f'{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
+        assert proc.returncode == 0, (f'{args[0]} failed:\n{proc.stdout[-3000:]}\n'
+                                      f'{proc.stderr[-3000:]}')
     return proc
 
 
@@ -443,3 +444,15 @@ def test_official_file_through_mmdets_own_test_tool(toy, tmp_path):
     log = proc.stdout + proc.stderr
     assert 'local_weights_only backend' in log and '(official layout)' in log
     assert 'do not match exactly' not in log and 'coco/bbox_mAP' in log
+
+
+def test_a_checkpoint_read_through_mmengine_and_saved_again_stays_plain(tmp_path):
+    """The loader tags state dicts with their file (for messages); the tag must not
+    make a re-saved checkpoint need a non-allowlisted class."""
+    from mmengine.runner.checkpoint import _load_checkpoint
+    first, second = tmp_path / 'a.pth', tmp_path / 'b.pth'
+    torch.save(dict(state_dict=OrderedDict(w=torch.ones(2)), meta={}), first)
+    checkpoint = _load_checkpoint(str(first))
+    assert checkpoint['state_dict']._metadata.get('w')['casvit_mm_source'] == str(first)
+    torch.save(checkpoint, second)
+    assert type(torch.load(second, weights_only=True)['state_dict']._metadata) is OrderedDict
