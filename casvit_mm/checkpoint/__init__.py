@@ -29,8 +29,8 @@ from .safe_load import (TRUSTED_ENV, CheckpointError, MissingCheckpointError,
 __all__ = [
     'CLASSIFIER_KEYS', 'TRUSTED_ENV', 'CheckpointError', 'MissingCheckpointError',
     'UnsafeCheckpointError', 'check_resumable', 'convert_official', 'convert_on_load',
-    'extract_state_dict', 'fit_backbone_state_dict', 'infer_arch', 'is_official_layout', 'is_whole_model',
-    'load_backbone_checkpoint', 'load_from_local_weights_only', 'register_safe_loader',
-    'safe_globals', 'safe_load', 'safe_loader_is_registered', 'tag_source', 'to_backbone',
-    'to_mm_model', 'to_mmpretrain'
+    'extract_state_dict', 'fit_backbone_state_dict', 'infer_arch', 'is_official_layout',
+    'is_whole_model', 'load_backbone_checkpoint', 'load_from_local_weights_only',
+    'register_safe_loader', 'safe_globals', 'safe_load', 'safe_loader_is_registered',
+    'tag_source', 'to_backbone', 'to_mm_model', 'to_mmpretrain'
 ]
