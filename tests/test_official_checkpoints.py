@@ -456,3 +456,19 @@ def test_a_checkpoint_read_through_mmengine_and_saved_again_stays_plain(tmp_path
     assert checkpoint['state_dict']._metadata.get('w')['casvit_mm_source'] == str(first)
     torch.save(checkpoint, second)
     assert type(torch.load(second, weights_only=True)['state_dict']._metadata) is OrderedDict
+
+
+def test_plain_load_state_dict_converts_and_checks_too():
+    """No file at all: torch's own load_state_dict goes through the same hook."""
+    from casvit_mm import CASViT
+    official = official_state_dict('xs', seed=9)
+    model = CASViT(arch='xs')
+    model.load_state_dict(official)  # strict: every key converted and used
+    model.eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for a, b in zip(model(x), official_forward(official, x, 'xs')):
+            assert (a - b).abs().max() <= 1e-5
+    with pytest.raises(CheckpointError, match=r"The state dict being loaded does not fit "
+                                              r"CASViT\(arch='s'\)"):
+        CASViT(arch='s').load_state_dict(official)
