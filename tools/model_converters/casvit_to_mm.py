@@ -9,7 +9,8 @@ What it writes depends on what ``SRC`` is (``--target`` overrides):
   segmentation configs read the same file as their backbone's ImageNet weights);
 - an official whole model (mmdet 2.24 RetinaNet / Mask R-CNN, mmseg 0.24
   Semantic FPN) -> the mmdet 3 / mmseg 1 checkpoint of the matching config;
-- ``--target backbone`` -> the bare dense backbone.
+- an official dense backbone (no classifier), or ``--target backbone`` -> the
+  bare dense backbone, for ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
 
 Every rename is printed; the result is loaded with ``strict=True`` into the
 model of the config that fits (``--config``, or the one its keys point to),
@@ -37,7 +38,8 @@ def parse_args():
     parser.add_argument('dst', help='where to write the converted checkpoint')
     parser.add_argument('--target', choices=TARGETS, default='auto',
                         help='auto: a whole detector/segmentor stays a whole model, an '
-                        'ImageNet file becomes an mmpretrain classifier')
+                        'ImageNet file becomes an mmpretrain classifier, a dense backbone '
+                        'stays a backbone')
     parser.add_argument('--config', help='the config the result must load into strictly '
                         '(default: the repository config its keys point to)')
     parser.add_argument('--ema', action='store_true', help="use 'model_ema' weights")
@@ -69,7 +71,12 @@ def convert(src, target='auto', ema=False):
     state_dict = {k[len('module.'):] if k.startswith('module.') else k: v
                   for k, v in state_dict.items()}
     if target == 'auto':
-        target = 'model' if is_whole_model(state_dict) else 'mmpretrain'
+        if is_whole_model(state_dict):
+            target = 'model'
+        elif any(k.startswith(('head.', 'dist_head.')) for k in state_dict):
+            target = 'mmpretrain'
+        else:  # an official dense backbone (norm0/2/4/6, no classifier)
+            target = 'backbone'
     if target == 'model':
         if not is_whole_model(state_dict):
             raise CheckpointError(f'{src!r} is not a whole detector/segmentor (no backbone. '
