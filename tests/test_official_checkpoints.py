@@ -472,3 +472,18 @@ def test_plain_load_state_dict_converts_and_checks_too():
     with pytest.raises(CheckpointError, match=r"The state dict being loaded does not fit "
                                               r"CASViT\(arch='s'\)"):
         CASViT(arch='s').load_state_dict(official)
+
+
+def test_a_list_init_cfg_with_prefix_that_does_not_fit_names_the_file(tmp_path):
+    """mmengine's PretrainedInit with a prefix drops the state dict's metadata: the
+    message still names the file its tensors came from."""
+    path = tmp_path / 'fpn_rcvit_m.pth'
+    official_file(config_path('fpn', 'm'), 'm', path)
+    cfg = Config.fromfile(config_path('fpn', 'xs'))
+    cfg.model.backbone.init_cfg = [dict(type='Pretrained', checkpoint=str(path),
+                                        prefix='backbone.')]
+    from mmseg.registry import MODELS
+    model = MODELS.build(cfg.model)
+    with pytest.raises(CheckpointError, match=rf"The state dict read from '{path}' does not "
+                                              rf"fit CASViT\(arch='xs'\)"):
+        model.init_weights()

@@ -21,7 +21,7 @@ from mmengine.logging import print_log
 
 from .convert import (CLASSIFIER_KEYS, convert_official, describe_arch, extract_state_dict,
                       group_keys, infer_arch, is_official_layout, strip_prefix)
-from .safe_load import SOURCE_KEY, CheckpointError, safe_load
+from .safe_load import SOURCE_KEY, CheckpointError, read_from, safe_load
 
 OUTPUT_NORM = re.compile(r'norm\d\.')
 
@@ -36,7 +36,8 @@ def _describe_model(model, prefix=''):
             f'{model.widths}){where}')
 
 
-def fit_backbone_state_dict(model, state_dict, source=None, prefix='', from_classifier=False):
+def fit_backbone_state_dict(model, state_dict, source=None, prefix='', from_classifier=False,
+                            what=None):
     """Convert ``state_dict`` (keys relative to the backbone) and check it fits ``model``.
 
     Args:
@@ -46,6 +47,7 @@ def fit_backbone_state_dict(model, state_dict, source=None, prefix='', from_clas
         prefix (str): Where the backbone sits in the whole model, for messages.
         from_classifier (bool): The file is a classifier whose ``norm3`` is
             the classifier's BN, not an output norm.
+        what (str, optional): How messages name the input, when not a file.
 
     Returns:
         tuple[OrderedDict, dict]: the tensors to load (output norms absent from
@@ -55,7 +57,7 @@ def fit_backbone_state_dict(model, state_dict, source=None, prefix='', from_clas
     Raises:
         CheckpointError: shapes differ, blocks are missing or left over.
     """
-    what = f'Checkpoint {source!r}' if source else 'The state dict being loaded'
+    what = f'Checkpoint {source!r}' if source else (what or 'The state dict being loaded')
     layout = 'official' if is_official_layout(state_dict) else 'casvit-mm'
     sd = convert_official(state_dict, classifier=model.global_pool)
     if from_classifier and not model.global_pool:
@@ -135,6 +137,10 @@ def convert_on_load(module, state_dict, prefix, local_metadata, strict, missing_
     if _fits_as_is(module, local):
         return
     source = (local_metadata or {}).get(SOURCE_KEY)
+    what = None
+    if source is None and read_from(local.values()) is not None:
+        # e.g. PretrainedInit with a prefix, which drops the state dict's metadata
+        what = f'The state dict read from {read_from(local.values())!r}'
     from_classifier, others = False, []
     if not prefix and any(k.startswith('backbone.') for k in local):
         # A whole classifier or detector given to the bare backbone (a list
@@ -143,7 +149,7 @@ def convert_on_load(module, state_dict, prefix, local_metadata, strict, missing_
         others = [k for k in local if not k.startswith('backbone.')]
         local = strip_prefix(local, 'backbone.')
     fitted, report = fit_backbone_state_dict(module, local, source, prefix,
-                                             from_classifier=from_classifier)
+                                             from_classifier=from_classifier, what=what)
     if others:
         report['message'] += f'; unused: the rest of the whole model {group_keys(others)}'
     for k in keys:

@@ -17,6 +17,7 @@ import os
 import os.path as osp
 import pickle
 import re
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -25,6 +26,22 @@ from mmengine.logging import print_log
 
 TRUSTED_ENV = 'CASVIT_MM_TRUSTED_CHECKPOINTS'
 SOURCE_KEY = 'casvit_mm_source'  # in state_dict._metadata entries: the file they came from
+
+
+# The file tag_source saw last and (weakly) its tensors: lets messages name the file
+# of a state dict whose metadata a loader dropped, and only when it really is that file.
+# (Tensors compare elementwise, so they are found by id, checked by identity.)
+_LAST_READ = dict(path=None, tensors={})
+
+
+def read_from(tensors):
+    """The file the given tensors were last read from by mmengine's loader, or None."""
+    seen = _LAST_READ['tensors']
+    for tensor in tensors:
+        ref = seen.get(id(tensor))
+        if ref is not None and ref() is tensor:
+            return _LAST_READ['path']
+    return None
 
 
 class CheckpointError(ValueError):
@@ -162,4 +179,8 @@ def tag_source(checkpoint, path):
     for key in ('state_dict', 'model'):
         if isinstance(checkpoint.get(key), dict):
             checkpoint[key] = _tag(checkpoint[key], path)
+    state_dict = checkpoint.get('state_dict', checkpoint)
+    _LAST_READ['path'] = path
+    _LAST_READ['tensors'] = {id(v): weakref.ref(v) for v in state_dict.values()
+                             if isinstance(v, torch.Tensor)}
     return _tag(checkpoint, path)
