@@ -13,9 +13,13 @@ Users bring four layouts (see docs/checkpoints.md):
 - :mod:`.mmengine_loader`: route mmengine's local loader through it;
 - :mod:`.convert`: pure, idempotent renaming of official keys;
 - :mod:`.backbone`: the ``CASViT`` load hook and ``init_cfg`` loader that
-  convert and check, on every loading path.
+  convert and check, on every loading path;
+- :mod:`.whole_model`: which config a whole-model file belongs to, and the
+  ``StrictCheckpointHook`` of ``tools/test.py``.
 
-No module here imports the model (the model imports :mod:`.backbone`).
+The model imports :mod:`.backbone`, so none of the modules this ``__init__``
+imports may import the model; :mod:`.whole_model` builds models and is
+imported on its own (``casvit_mm/__init__.py``, the converter).
 """
 from .backbone import convert_on_load, fit_backbone_state_dict, load_backbone_checkpoint
 from .convert import (CLASSIFIER_KEYS, convert_official, extract_state_dict, infer_arch,
