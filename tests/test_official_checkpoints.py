@@ -487,3 +487,21 @@ def test_a_list_init_cfg_with_prefix_that_does_not_fit_names_the_file(tmp_path):
     with pytest.raises(CheckpointError, match=rf"The state dict read from '{path}' does not "
                                               rf"fit CASViT\(arch='xs'\)"):
         model.init_weights()
+
+
+def test_official_imagenet_file_as_downloaded_through_runner_with_strict_test_hook(tmp_path):
+    """What tools/test.py does with configs/classification and cas-vit-xs.pth."""
+    from casvit_mm.checkpoint.whole_model import StrictCheckpointHook
+    path = tmp_path / 'cas-vit-xs.pth'
+    official = official_imagenet_file(path, seed=8)
+    cfg = Config.fromfile(osp.join(REPO, 'configs/classification/casvit_xs_in1k.py'))
+    cfg.work_dir, cfg.load_from = str(tmp_path / 'work'), str(path)
+    runner = Runner.from_cfg(cfg)
+    runner.register_hook(StrictCheckpointHook())
+    runner.call_hook('before_run')  # as Runner.test(): the config's EMAHook sets up here
+    runner.load_or_resume()
+    model = runner.model.eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        logits = model(x, mode='tensor')
+    assert (logits - official_forward(official, x, 'xs', classifier=True)).abs().max() <= 1e-5
