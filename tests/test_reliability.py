@@ -372,6 +372,7 @@ def test_sigkill_then_resume_gives_the_weights_of_an_uninterrupted_run(toy, tmp_
     out = run('tools/train.py', RETINA, '--work-dir', killed, '--resume',
               '--cfg-options', *opts)
     assert 'AtomicCheckpointHook' in out  # tools/train.py saves atomically
+    assert 'local_weights_only backend' in out  # and resumes through the safe loader
     assert logged_steps(killed)[-1] == list(range(resumed_from + 1, 9))
 
     final, reference = weights(killed / 'iter_8.pth'), weights(straight / 'iter_8.pth')

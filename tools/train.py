@@ -26,6 +26,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import casvit_mm  # noqa: F401  (registers CASViT in every codebase)
+from casvit_mm.checkpoint import CheckpointError, check_resumable
 from casvit_mm.engine import (setup_cpu_distributed, use_atomic_checkpoints,
                              use_compile_fixes)
 from casvit_mm.engine import use_long_run_guards
@@ -119,6 +120,10 @@ def main():
         if not osp.isfile(args.resume):
             raise SystemExit(f'--resume {args.resume!r}: no such checkpoint. Give a .pth '
                              f'from the work dir, or --resume alone for the latest one.')
+        try:  # an official (mmcv 1.x) file has weights but no training state
+            check_resumable(args.resume)
+        except CheckpointError as e:
+            raise SystemExit(f'--resume: {e}')
         cfg.resume, cfg.load_from = True, args.resume
 
     # Checkpoints written atomically: a kill during a save never corrupts the latest.

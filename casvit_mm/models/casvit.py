@@ -16,6 +16,7 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..checkpoint.backbone import convert_on_load, load_backbone_checkpoint
 
 
 def conv_bn(in_channels, out_channels, stride=2):
@@ -175,7 +176,8 @@ class CASViT(BaseModule):
         init_cfg (dict | list[dict], optional): Initialisation config.
             ``dict(type='Pretrained', checkpoint=PATH, prefix=...)`` loads any
             official or casvit-mm checkpoint layout, converting and checking it
-            (see :func:`casvit_mm.checkpoint.load_backbone_checkpoint`).
+            (see :func:`casvit_mm.checkpoint.load_backbone_checkpoint`); any
+            other loader is converted and checked by a load-state-dict hook.
 
     Example:
         >>> import torch
@@ -240,6 +242,9 @@ class CASViT(BaseModule):
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.BatchNorm2d(self.widths[i]))
         self._freeze_stages()
+        # Every loader (init_cfg, load_checkpoint, load_from, resume) converts
+        # official keys and checks the fit here (casvit_mm.checkpoint.backbone).
+        self.register_load_state_dict_pre_hook(convert_on_load)
 
     # ------------------------------------------------------------------ args
     @classmethod
@@ -300,7 +305,6 @@ class CASViT(BaseModule):
         """Truncated-normal Linear/conv init, or load a checkpoint (any layout)."""
         init_cfg = self.init_cfg
         if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
-            from ..checkpoint import load_backbone_checkpoint
             load_backbone_checkpoint(self, init_cfg['checkpoint'],
                                      prefix=init_cfg.get('prefix'))
             self._is_init = True
