@@ -28,10 +28,8 @@ from mmengine.runner import Runner
 import casvit_mm  # noqa: F401  (registers CASViT in every codebase)
 from casvit_mm.checkpoint import CheckpointError, check_resumable
 from casvit_mm.engine import (setup_cpu_distributed, use_atomic_checkpoints,
-                             use_compile_fixes)
-from casvit_mm.engine import use_long_run_guards
-from casvit_mm.utils import DataRootError, check_data_paths
-from casvit_mm.utils import name_load_errors
+                             use_compile_fixes, use_long_run_guards)
+from casvit_mm.utils import DataRootError, check_data_paths, name_load_errors
 
 
 def parse_args():
