@@ -27,10 +27,12 @@ setup(
     license='MIT',
     python_requires='>=3.9',
     packages=find_packages(include=['casvit_mm', 'casvit_mm.*']),
-    # The configs ship inside the package (casvit_mm/.mim/configs links to
-    # configs/) so that `casvit_mm::detection/...` resolves from a built wheel too.
+    # The configs and the model index ship inside the package (casvit_mm/.mim/
+    # links to configs/ and model-index.yml) so that `casvit_mm::detection/...`,
+    # the metafiles (model names for MIM, mmpretrain's get_model and the
+    # inferencers) resolve from a built wheel too.
     package_data={'casvit_mm': ['.mim/model-index.yml', '.mim/configs/*/*.py',
-                                '.mim/configs/*/*/*.py']},
+                                '.mim/configs/*/*/*.py', '.mim/configs/*/metafile.yml']},
     # Ranges that import together: mmdet 3.3 and mmseg 1.2 refuse mmcv >= 2.2,
     # mmengine < 0.11 cannot load its own checkpoints with torch >= 2.6.
     install_requires=[

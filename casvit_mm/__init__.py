@@ -2,16 +2,26 @@
 
 Importing the package registers ``CASViT`` in the MODELS registries of
 mmpretrain, mmdet and mmsegmentation (whichever are installed), and the
-training-engine helpers of :mod:`casvit_mm.engine` in mmengine's registries.
+training-engine helpers of :mod:`casvit_mm.engine` in mmengine's registries,
+routes mmengine's loading of local checkpoint files through the
+``weights_only`` allowlist of :mod:`casvit_mm.checkpoint` (so ``load_from``,
+``--resume``, MM's own ``tools/test.py`` and the inferencers never run code
+from a file), and adds this package's models to mmpretrain's model index
+(``get_model('casvit-m_3rdparty_in1k', pretrained=PATH)``).
 """
 from mmengine.config.utils import MODULE2PACKAGE
 
 from . import engine  # noqa: F401  (registers the atomic-checkpoint hook, CPU amp, ...)
+from .checkpoint import register_safe_loader
+from .checkpoint import whole_model  # noqa: F401  (registers StrictCheckpointHook)
+from .model_index import register_model_index
 from .models import CASViT, switch_model_to_deploy
 from .registry import REGISTERED_SCOPES, register_all
 from .version import __version__
 
 register_all(models=[CASViT])
+register_safe_loader()
+register_model_index()
 
 # Let configs inherit ours as `casvit_mm::detection/...`, the way `mmdet::` works
 # (mmengine resolves such paths only for packages listed here; the configs ship

@@ -62,7 +62,7 @@ def test_official_recipe(name):
     assert backbone.norm_eval is True
     assert backbone.drop_path_rate == (0.1 if size in ('m', 't') else 0.)
     assert backbone.init_cfg == dict(type='Pretrained',
-                                     checkpoint=f'checkpoints/casvit-{size}_in1k.pth')
+                                     checkpoint=f'checkpoints/casvit-{size}_3rdparty_in1k.pth')
     assert cfg.model.neck.in_channels == CASViT.arch_settings[size]['widths']
     assert cfg.model.neck.out_channels == 256 and cfg.model.neck.num_outs == 5
     if name.startswith('retinanet'):
@@ -153,7 +153,7 @@ def test_converted_imagenet_weights_reach_the_backbone(tmp_path, monkeypatch):
                official)
     monkeypatch.chdir(tmp_path)  # the config's path is relative: checkpoints/...
     subprocess.run([sys.executable, converter, str(official),
-                    'checkpoints/casvit-xs_in1k.pth'], check=True, capture_output=True)
+                    'checkpoints/casvit-xs_3rdparty_in1k.pth'], check=True, capture_output=True)
     model = build_detector(load('mask_rcnn_casvit_xs.py').model)
     model.init_weights()
     expected = official_state_dict('xs', classifier=True, dense_norms=False)

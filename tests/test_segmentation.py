@@ -90,7 +90,7 @@ def test_recipe_config_is_the_official_one(arch):
     assert model.backbone.norm_eval is True
     assert model.backbone.drop_path_rate == (0.1 if arch in ('m', 't') else 0.)
     assert model.backbone.init_cfg == dict(type='Pretrained',
-                                           checkpoint=f'checkpoints/cas-vit-{arch}.pth')
+                                           checkpoint=f'checkpoints/casvit-{arch}_3rdparty_in1k.pth')
     assert model.neck.in_channels == WIDTHS[arch]
     assert (model.neck.out_channels, model.neck.num_outs) == (256, 4)
     assert model.decode_head.type == 'FPNHead'

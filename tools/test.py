@@ -29,6 +29,8 @@ from mmengine.config import ConfigDict, DictAction
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
+from casvit_mm.checkpoint.whole_model import StrictCheckpointHook
+
 # The sibling tools/train.py holds what both tools do to a config.
 from train import build_runner, check_data, load_config, setup_cpu_distributed
 
@@ -144,6 +146,8 @@ def main():
         runner.test_evaluator.metrics.append(Dump(out_file_path=args.out))
     if switch_to_deploy is not None:
         runner.register_hook(DeployHook(switch_to_deploy))
+    # the checkpoint must fit the whole model (mmengine would only warn)
+    runner.register_hook(StrictCheckpointHook())
 
     runner.test()
 

@@ -9,6 +9,9 @@ on a machine without CUDA, where mmengine's default (NCCL) cannot start.
 It also checks that the config's data is on disk before building anything,
 writes checkpoints atomically (``casvit_mm.engine.AtomicCheckpointHook``) and
 makes ``--amp`` work on the CPU (bfloat16 autocast).
+For long runs it stops on a non-finite loss (exit 3), checkpoints the current
+iteration and exits 75 on SIGTERM / SIGUSR1, and makes a sample that fails to
+load name its file and ``tools/misc/check_dataset.py`` (docs/reliability.md).
 
     python tools/train.py configs/detection/retinanet_casvit_m.py
     bash tools/dist_train.sh configs/detection/retinanet_casvit_m.py 8
@@ -23,9 +26,10 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import casvit_mm  # noqa: F401  (registers CASViT in every codebase)
+from casvit_mm.checkpoint import CheckpointError, check_resumable
 from casvit_mm.engine import (setup_cpu_distributed, use_atomic_checkpoints,
-                             use_compile_fixes)
-from casvit_mm.utils import DataRootError, check_data_paths
+                             use_compile_fixes, use_long_run_guards)
+from casvit_mm.utils import DataRootError, check_data_paths, name_load_errors
 
 
 def parse_args():
@@ -114,10 +118,16 @@ def main():
         if not osp.isfile(args.resume):
             raise SystemExit(f'--resume {args.resume!r}: no such checkpoint. Give a .pth '
                              f'from the work dir, or --resume alone for the latest one.')
+        try:  # an official (mmcv 1.x) file has weights but no training state
+            check_resumable(args.resume)
+        except CheckpointError as e:
+            raise SystemExit(f'--resume: {e}')
         cfg.resume, cfg.load_from = True, args.resume
 
     # Checkpoints written atomically: a kill during a save never corrupts the latest.
     use_atomic_checkpoints(cfg)
+    use_long_run_guards(cfg)  # stop on a non-finite loss; save and exit 75 on SIGTERM/SIGUSR1
+    name_load_errors(cfg, args.config)  # a bad sample's error names it and the check command
     use_compile_fixes(cfg)  # cfg.compile: let TorchDynamo trace the optimizer step
     check_data(cfg, ['train', 'val'] if cfg.get('val_cfg') else ['train'])
     setup_cpu_distributed(cfg)  # torchrun on a machine without CUDA

@@ -1,17 +1,27 @@
 """Training-engine pieces for long jobs: atomic checkpoints, CPU mixed
 precision, multi-process runs on CPUs and mmengine's ``compile`` option.
 
-Importing this package registers ``AtomicCheckpointHook`` and
-``PlainParamGroupsHook`` (mmengine HOOKS) and ``CPUAmpOptimWrapper`` (mmengine
-OPTIM_WRAPPERS); these registries are the parents of mmdet's, mmseg's and
-mmpretrain's, so the names resolve under any default scope.
+Importing this package registers ``AtomicCheckpointHook``,
+``PlainParamGroupsHook``, ``NonFiniteLossHook`` and ``PreemptionHook``
+(mmengine HOOKS), ``ResumableEpochBasedTrainLoop`` (mmengine LOOPS),
+``CPUAmpOptimWrapper`` (mmengine OPTIM_WRAPPERS) and ``NameBadSample``
+(mmengine TRANSFORMS); these registries are the parents of mmdet's, mmseg's
+and mmpretrain's, so the names resolve under any default scope.
 """
 from .atomic_checkpoint import (AtomicCheckpointHook, atomic_write, commit_file,
                                 use_atomic_checkpoints)
 from .compile import PlainParamGroupsHook, use_compile_fixes
 from .cpu_amp import CPUAmpOptimWrapper
 from .cpu_dist import setup_cpu_distributed
+from .guards import use_long_run_guards
+from .non_finite import EXIT_DIVERGED, NonFiniteLossHook, TrainingDiverged
+from .preemption import (EXIT_PREEMPTED, Preempted, PreemptionHook,
+                         ResumableEpochBasedTrainLoop)
+# NameBadSample: tools/train.py wraps loading steps in it, so a dumped config names it.
+from ..utils import sample_errors  # noqa: F401,E402
 
-__all__ = ['AtomicCheckpointHook', 'CPUAmpOptimWrapper', 'PlainParamGroupsHook',
-           'atomic_write', 'commit_file', 'setup_cpu_distributed', 'use_atomic_checkpoints',
-           'use_compile_fixes']
+__all__ = ['AtomicCheckpointHook', 'CPUAmpOptimWrapper', 'EXIT_DIVERGED', 'EXIT_PREEMPTED',
+           'NonFiniteLossHook', 'PlainParamGroupsHook', 'Preempted', 'PreemptionHook',
+           'ResumableEpochBasedTrainLoop', 'TrainingDiverged', 'atomic_write', 'commit_file',
+           'setup_cpu_distributed', 'use_atomic_checkpoints', 'use_compile_fixes',
+           'use_long_run_guards']

@@ -16,7 +16,10 @@ then leave a truncated ``iter_N.pth``, an empty pointer, or -- with
 2. the ``last_checkpoint`` pointer is replaced the same way;
 3. only then are checkpoints beyond ``max_keep_ckpts`` deleted.
 
-At any instant the pointer names a complete file. Everything else (when to
+Before any of this, the state to be saved is checked for inf / nan
+(:func:`~casvit_mm.engine.non_finite.check_finite_state`): a diverged run
+stops there, so no checkpoint holds non-finite weights and no finite one is
+rotated away for one. At any instant the pointer names a complete file. Everything else (when to
 save, which keys, best checkpoints, publishing) is the parent's. Object
 stores (``out_dir`` on a non-local backend) already write whole objects, so
 there the parent's code runs unchanged.
@@ -35,6 +38,8 @@ from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
+
+from .non_finite import check_finite_state
 
 PARTIAL_SUFFIX = '.partial'
 
@@ -109,27 +114,40 @@ class AtomicCheckpointHook(CheckpointHook):
         return outdated
 
     def _save_checkpoint_with_step(self, runner, step, meta):
+        # Never a checkpoint of non-finite weights, and never delete a finite
+        # one to make room for it: this stops the run first.
+        check_finite_state(runner)
         if not self._is_local():
             return super()._save_checkpoint_with_step(runner, step, meta)
         outdated = self._rotate(runner, step)
         filename = self.filename_tmpl.format(step)
         self.last_ckpt = osp.join(self.out_dir, filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
-
-        # Runner.save_checkpoint gathers the state (and writes on rank 0 only).
-        runner.save_checkpoint(
-            self.out_dir, filename + PARTIAL_SUFFIX, self.file_client_args,
-            save_optimizer=self.save_optimizer,
-            save_param_scheduler=self.save_param_scheduler,
-            meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args,
-            **self.args)
+        save_atomically(runner, self.out_dir, filename, meta=meta, by_epoch=self.by_epoch,
+                        save_optimizer=self.save_optimizer,
+                        save_param_scheduler=self.save_param_scheduler,
+                        file_client_args=self.file_client_args,
+                        backend_args=self.backend_args, **self.args)
         if not is_main_process():
             return
-        commit_file(self.last_ckpt + PARTIAL_SUFFIX, self.last_ckpt)
-        atomic_write(osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
         for path in outdated:
             if osp.isfile(path):
                 os.remove(path)
+
+
+def save_atomically(runner, out_dir, filename, **kwargs):
+    """``runner.save_checkpoint`` to ``out_dir/filename`` through a ``.partial``
+    file, then point ``last_checkpoint`` at it; returns the path.
+
+    ``kwargs`` are ``Runner.save_checkpoint``'s. Call it on every rank: the
+    runner gathers the state and rank 0 writes.
+    """
+    path = osp.join(out_dir, filename)
+    runner.save_checkpoint(out_dir, filename + PARTIAL_SUFFIX, **kwargs)
+    if is_main_process():
+        commit_file(path + PARTIAL_SUFFIX, path)
+        atomic_write(osp.join(runner.work_dir, 'last_checkpoint'), path)
+    return path
 
 
 def use_atomic_checkpoints(cfg):

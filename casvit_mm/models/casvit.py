@@ -16,6 +16,7 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..checkpoint.backbone import convert_on_load, load_backbone_checkpoint
 from .fusion import (conv_act, conv_binary, conv_out, conv_plain, fold_bn_into_conv,
                      fold_bn_into_next_1x1, set_conv, use_fused_kernels)
 
@@ -367,7 +368,8 @@ class CASViT(BaseModule):
         init_cfg (dict | list[dict], optional): Initialisation config.
             ``dict(type='Pretrained', checkpoint=PATH, prefix=...)`` loads any
             official or casvit-mm checkpoint layout, converting and checking it
-            (see :func:`casvit_mm.checkpoint.load_backbone_checkpoint`).
+            (see :func:`casvit_mm.checkpoint.load_backbone_checkpoint`); any
+            other loader is converted and checked by a load-state-dict hook.
 
     Example:
         >>> import torch
@@ -434,7 +436,11 @@ class CASViT(BaseModule):
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.BatchNorm2d(self.widths[i]))
         self._freeze_stages()
+        # A fused checkpoint into a training model or the reverse: its own message first.
         self._register_load_state_dict_pre_hook(self._check_checkpoint_layout)
+        # Every loader (init_cfg, load_checkpoint, load_from, resume) converts
+        # official keys and checks the fit here (casvit_mm.checkpoint.backbone).
+        self.register_load_state_dict_pre_hook(convert_on_load)
         if deploy:
             self._finish_deploy()
 
@@ -497,7 +503,6 @@ class CASViT(BaseModule):
         """Truncated-normal Linear/conv init, or load a checkpoint (any layout)."""
         init_cfg = self.init_cfg
         if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
-            from ..checkpoint import load_backbone_checkpoint
             if self.deploy:  # a training-layout backbone checkpoint: load, fuse, copy
                 twin = CASViT(self.arch, self.in_channels, self.out_indices,
                               global_pool=self.global_pool)
@@ -649,7 +654,8 @@ class CASViT(BaseModule):
         not this backbone's: mmengine's loaders would only warn and go on
         with random weights."""
         keys = [k[len(prefix):] for k in state_dict if k.startswith(prefix)]
-        unfused = any(k.startswith('stages.') and '.norm1.' in k for k in keys)
+        # the training layout, this repository's or the official one (both have norm1)
+        unfused = any('.norm1.' in k for k in keys)
         fused = any(k.startswith('stages.') and '.attn.qk.' in k for k in keys)
         if self.deploy and unfused:
             raise RuntimeError(

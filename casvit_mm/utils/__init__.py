@@ -1,4 +1,7 @@
 """Small helpers of the tools (data checks)."""
 from .data_check import DataRootError, check_data_paths, missing_data_paths
+from .dataset_check import Problem, check_datasets
+from .sample_errors import BadSampleError, NameBadSample, name_load_errors
 
-__all__ = ['DataRootError', 'check_data_paths', 'missing_data_paths']
+__all__ = ['BadSampleError', 'DataRootError', 'NameBadSample', 'Problem', 'check_data_paths',
+           'check_datasets', 'missing_data_paths', 'name_load_errors']

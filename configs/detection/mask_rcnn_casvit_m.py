@@ -3,7 +3,7 @@ _base_ = ['./_base_/mask_rcnn_casvit_fpn_1x_coco.py']
 
 # The official ImageNet-1k weights of CAS-ViT-M, converted as the
 # README explains (section "Detection", "ImageNet weights").
-checkpoint = 'checkpoints/casvit-m_in1k.pth'
+checkpoint = 'checkpoints/casvit-m_3rdparty_in1k.pth'
 
 model = dict(
     backbone=dict(

@@ -3,7 +3,7 @@ _base_ = ['./_base_/mask_rcnn_casvit_fpn_1x_coco.py']
 
 # The official ImageNet-1k weights of CAS-ViT-S, converted as the
 # README explains (section "Detection", "ImageNet weights").
-checkpoint = 'checkpoints/casvit-s_in1k.pth'
+checkpoint = 'checkpoints/casvit-s_3rdparty_in1k.pth'
 
 model = dict(
     backbone=dict(

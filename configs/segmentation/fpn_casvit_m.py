@@ -2,7 +2,7 @@
 # as in fpn_casvit_xs.py; only the backbone size, its weights and drop path differ.
 _base_ = ['./fpn_casvit_xs.py']
 
-checkpoint_file = 'checkpoints/cas-vit-m.pth'
+checkpoint_file = 'checkpoints/casvit-m_3rdparty_in1k.pth'
 
 model = dict(
     backbone=dict(

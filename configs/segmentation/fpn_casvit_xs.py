@@ -17,9 +17,10 @@ _base_ = ['mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py']
 
 custom_imports = dict(imports=['casvit_mm'], allow_failed_imports=False)
 
-# The official ImageNet-1K classifier weights (cas-vit-xs.pth from the CAS-ViT
-# model zoo), any of the layouts casvit_mm.checkpoint understands.
-checkpoint_file = 'checkpoints/cas-vit-xs.pth'
+# The official ImageNet-1K weights of CAS-ViT-XS (cas-vit-xs.pth from the CAS-ViT
+# model zoo), converted or as downloaded: the same file name in every task's
+# configs (docs/checkpoints.md).
+checkpoint_file = 'checkpoints/casvit-xs_3rdparty_in1k.pth'
 
 model = dict(
     pretrained=None,  # the ResNet base would download open-mmlab://resnet50_v1c

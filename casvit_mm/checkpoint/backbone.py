@@ -1,0 +1,196 @@
+"""Fit any CAS-ViT state dict to a ``CASViT``, on every path that loads one.
+
+``CASViT`` registers :func:`convert_on_load` as a load-state-dict pre-hook (as
+mmpretrain's ViT adapts position embeddings), so the same conversion and the
+same checks run whether weights come through ``init_cfg``, mmengine's
+``load_checkpoint``, ``Runner.load_from`` / ``--resume``, MM's own
+``tools/test.py`` or a plain ``model.load_state_dict``: official keys are
+renamed, and anything that still does not fit the backbone raises
+:class:`CheckpointError` naming the file, the backbone and the first offending
+keys, instead of mmengine's warning followed by a randomly initialised model.
+
+What is allowed to differ, because the official code loads it that way too:
+an ImageNet classifier has no dense output norms (they stay at init) and its
+classifier (``norm``, ``head``, ``dist_head``) is unused; output norms of
+stages not in ``out_indices`` are unused. Everything is logged.
+"""
+import re
+from collections import OrderedDict
+
+from mmengine.logging import print_log
+
+from .convert import (CLASSIFIER_KEYS, convert_official, describe_arch, extract_state_dict,
+                      group_keys, infer_arch, is_official_layout, strip_prefix)
+from .safe_load import SOURCE_KEY, CheckpointError, read_from, safe_load
+
+OUTPUT_NORM = re.compile(r'norm\d\.')
+
+
+def _module(key):
+    return key.split('.', 1)[0]
+
+
+def _describe_model(model, prefix=''):
+    where = f" (module {prefix.rstrip('.')!r} of the model)" if prefix else ''
+    return (f'CASViT(arch={model.arch_name}) (depths {model.depths}, widths '
+            f'{model.widths}){where}')
+
+
+def fit_backbone_state_dict(model, state_dict, source=None, prefix='', from_classifier=False,
+                            what=None):
+    """Convert ``state_dict`` (keys relative to the backbone) and check it fits ``model``.
+
+    Args:
+        model (CASViT): The backbone.
+        state_dict (dict): Backbone keys in any supported layout.
+        source (str, optional): The file it came from, for messages.
+        prefix (str): Where the backbone sits in the whole model, for messages.
+        from_classifier (bool): The file is a classifier whose ``norm3`` is
+            the classifier's BN, not an output norm.
+        what (str, optional): How messages name the input, when not a file.
+
+    Returns:
+        tuple[OrderedDict, dict]: the tensors to load (output norms absent from
+        the checkpoint filled with the model's current ones) and a report with
+        ``layout``, ``kept`` (keys left at init), ``unused`` and ``message``.
+
+    Raises:
+        CheckpointError: shapes differ, blocks are missing or left over.
+    """
+    what = f'Checkpoint {source!r}' if source else (what or 'The state dict being loaded')
+    layout = 'official' if is_official_layout(state_dict) else 'casvit-mm'
+    sd = convert_official(state_dict, classifier=model.global_pool)
+    if from_classifier and not model.global_pool:
+        sd = OrderedDict((f'norm.{k[len("norm3."):]}' if k.startswith('norm3.') else k, v)
+                         for k, v in sd.items())
+    own = model.state_dict()
+
+    mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items()
+                  if k in own and v.shape != own[k].shape]
+    if mismatched:
+        first = '; '.join(f'{k}: checkpoint {a} vs model {b}' for k, a, b in mismatched[:3])
+        raise CheckpointError(
+            f'{what} does not fit {_describe_model(model, prefix)}: {len(mismatched)} '
+            f'tensors differ in shape, first {first}. The checkpoint looks like '
+            f'{describe_arch(*infer_arch(sd), model.arch_settings)}: set arch to match it.')
+
+    own_norms = {_module(k) for k in own if OUTPUT_NORM.match(k)}
+    given_norms = {_module(k) for k in sd if OUTPUT_NORM.match(k)}
+    if (not model.global_pool and given_norms == {'norm3'} and own_norms - given_norms
+            and not any(k.startswith(CLASSIFIER_KEYS) for k in sd)):
+        # A converted classifier (mmpretrain layout) whose only norm is the
+        # classifier's BN: like the official dense model, keep output norms at init.
+        sd = OrderedDict((f'norm.{k[len("norm3."):]}' if k.startswith('norm3.') else k, v)
+                         for k, v in sd.items())
+        given_norms = set()
+    unused_norms = [k for k in sd if OUTPUT_NORM.match(k) and k not in own]
+    unused_cls = [k for k in sd if k.startswith(CLASSIFIER_KEYS) and k not in own]
+    kept = []
+    if not given_norms & own_norms:  # an ImageNet file: no dense output norms at all
+        kept = [k for k in own if OUTPUT_NORM.match(k)]
+    missing = [k for k in own if k not in sd and k not in kept
+               and not k.endswith('num_batches_tracked')]
+    unexpected = [k for k in sd if k not in own and k not in unused_norms + unused_cls]
+    if missing or unexpected:
+        hint = (' Did you give the right prefix (init_cfg prefix="backbone." for a whole '
+                'detector or segmentor file)?' if not prefix else '')
+        raise CheckpointError(
+            f'{what} does not fit {_describe_model(model, prefix)}: {len(missing)} tensors '
+            f'missing (first: {missing[:3]}), {len(unexpected)} left over (first: '
+            f'{unexpected[:3]}). The checkpoint looks like '
+            f'{describe_arch(*infer_arch(sd), model.arch_settings)}.{hint}')
+
+    fitted = OrderedDict((k, v) for k, v in sd.items() if k in own)
+    for k in own:  # kept at init, and BN counters the checkpoint does not have
+        if k not in fitted:
+            fitted[k] = own[k]
+    notes = []
+    if kept:
+        notes.append(f'kept at init (not in this {layout} checkpoint): output norms '
+                     f'{group_keys(kept)}')
+    if unused_cls:
+        notes.append(f'unused: classifier {group_keys(unused_cls)}')
+    if unused_norms:
+        notes.append(f'unused: output norms of stages not in out_indices '
+                     f'{group_keys(unused_norms)}')
+    loaded = len(sd) - len(unused_cls) - len(unused_norms)
+    message = (f'CASViT{" " + repr(prefix.rstrip(".")) if prefix else ""}: loaded {loaded} '
+               f'tensors from {source or "a state dict"} ({layout} layout)'
+               + ('; ' + '; '.join(notes) if notes else ''))
+    return fitted, dict(layout=layout, kept=kept, missing=kept,
+                        unexpected=unused_cls + unused_norms, message=message)
+
+
+def _fits_as_is(model, local):
+    own = model.state_dict()
+    return (local.keys() == own.keys()
+            and all(v.shape == own[k].shape for k, v in local.items()))
+
+
+def convert_on_load(module, state_dict, prefix, local_metadata, strict, missing_keys,
+                    unexpected_keys, error_msgs):
+    """Load-state-dict pre-hook of ``CASViT``: convert and check its keys in place."""
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    if not keys or getattr(module, 'deployed', False):
+        return  # nothing for the backbone here, or a folded model with its own keys
+    local = OrderedDict((k[len(prefix):], state_dict[k]) for k in keys)
+    if _fits_as_is(module, local):
+        return
+    source = (local_metadata or {}).get(SOURCE_KEY)
+    what = None
+    if source is None and read_from(local.values()) is not None:
+        # e.g. PretrainedInit with a prefix, which drops the state dict's metadata
+        what = f'The state dict read from {read_from(local.values())!r}'
+    from_classifier, others = False, []
+    if not prefix and any(k.startswith('backbone.') for k in local):
+        # A whole classifier or detector given to the bare backbone (a list
+        # init_cfg without prefix): take its backbone, leave the rest unused.
+        from_classifier = any(k.startswith('head.') for k in local)
+        others = [k for k in local if not k.startswith('backbone.')]
+        local = strip_prefix(local, 'backbone.')
+    fitted, report = fit_backbone_state_dict(module, local, source, prefix,
+                                             from_classifier=from_classifier, what=what)
+    if others:
+        report['message'] += f'; unused: the rest of the whole model {group_keys(others)}'
+    for k in keys:
+        del state_dict[k]
+    state_dict.update((prefix + k, v) for k, v in fitted.items())
+    print_log(report['message'], logger='current')
+
+
+def load_backbone_checkpoint(model, path, prefix=None, logger='current'):
+    """Load any supported checkpoint file into a ``CASViT`` (its ``init_cfg`` path).
+
+    Args:
+        model (CASViT): The backbone to fill.
+        path (str): A local checkpoint file (no download happens here).
+        prefix (str, optional): Take only keys under this prefix, e.g.
+            ``'backbone.'`` for a detector or segmentor checkpoint. When not
+            given, a ``module.`` or ``backbone.`` prefix is detected and stripped.
+
+    Returns:
+        dict: the report of :func:`fit_backbone_state_dict`.
+
+    Raises:
+        CheckpointError: the file is missing, corrupt, unsafe, or does not fit
+            the model (a shape mismatch, or blocks missing or left over).
+    """
+    if getattr(model, 'deployed', False):
+        raise CheckpointError('Load checkpoints before switch_to_deploy(), not after.')
+    state_dict = extract_state_dict(safe_load(path), repr(path))
+    from_classifier = any(k.startswith(('head.', 'dist_head.')) for k in state_dict)
+    if prefix:
+        if not any(k.startswith(prefix) for k in state_dict):
+            raise CheckpointError(
+                f'{path!r} has no keys under prefix {prefix!r} (its keys start with '
+                f'{sorted({k.split(".")[0] for k in state_dict})[:8]}); fix init_cfg.prefix.')
+        state_dict = strip_prefix(state_dict, prefix)
+    else:
+        for auto in ('module.', 'backbone.'):
+            if any(k.startswith(auto) for k in state_dict):
+                state_dict = strip_prefix(state_dict, auto)
+    fitted, report = fit_backbone_state_dict(model, state_dict, str(path),
+                                             from_classifier=from_classifier)
+    model.load_state_dict(fitted, strict=True)
+    print_log(report['message'], logger=logger)
+    return report

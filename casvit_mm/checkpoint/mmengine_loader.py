@@ -1,0 +1,85 @@
+"""Make mmengine read local checkpoint files through :func:`safe_load`.
+
+Why: mmengine 0.11's loader for local paths (``CheckpointLoader`` scheme ``''``)
+calls ``torch.load(..., weights_only=False)``, and every OpenMMLab entry point
+goes through it: ``Runner.load_from`` and ``--resume``, ``load_checkpoint``,
+``init_cfg=dict(type='Pretrained')``, mmdet's / mmseg's / mmpretrain's own
+``tools/test.py`` and their inferencers. ``CheckpointLoader.register_scheme``
+is mmengine's documented extension point; replacing the ``''`` scheme when
+``casvit_mm`` is imported (by our tools, or by ``custom_imports`` in a config)
+puts all of them behind the allowlist. The loaded state dict is tagged with
+its file so that the backbone's load hook can name it in errors.
+
+An official ImageNet file (``model`` / ``model_ema`` / ``args``, backbone and
+classifier keys at the top level) is handed on as an mmpretrain classifier
+checkpoint (``state_dict`` with ``backbone.*`` and ``head.head`` /
+``head.dist_head``), so that ``get_model(name, pretrained=cas-vit-m.pth)`` and
+``tools/test.py`` work with the file as downloaded; a backbone loaded from it
+drops the classifier in its load hook. URLs and other schemes are left to
+mmengine (nothing is downloaded here).
+"""
+import os.path as osp
+
+from mmengine.logging import print_log
+from mmengine.runner.checkpoint import CheckpointLoader
+
+from .convert import is_official_layout, to_mmpretrain
+from .safe_load import CheckpointError, safe_load, tag_source
+
+
+def as_mmpretrain_if_official_classifier(checkpoint, filename):
+    """An official ImageNet checkpoint -> ``dict(state_dict=<mmpretrain layout>)``."""
+    if not isinstance(checkpoint, dict) or 'state_dict' in checkpoint:
+        return checkpoint
+    weights = checkpoint.get('model') if isinstance(checkpoint.get('model'), dict) \
+        else checkpoint
+    if not (is_official_layout(weights)
+            and any(k.startswith(('head.', 'dist_head.')) for k in weights)):
+        return checkpoint
+    print_log(f'{filename}: an official CAS-ViT ImageNet checkpoint, read as an mmpretrain '
+              f'classifier (backbone.*, head.head, head.dist_head)', logger='current')
+    return dict(state_dict=to_mmpretrain(weights), meta=dict(converted_from=filename))
+
+
+def load_from_local_weights_only(filename, map_location=None):
+    """mmengine's local loader, with ``weights_only=True`` and an allowlist.
+
+    (mmengine logs ``Loads checkpoint by local_weights_only backend``: the name
+    after ``load_from_`` is what it prints.)
+    """
+    filename = osp.expanduser(filename)
+    checkpoint = safe_load(filename, map_location=map_location)
+    return tag_source(as_mmpretrain_if_official_classifier(checkpoint, filename), filename)
+
+
+def register_safe_loader():
+    """Replace mmengine's loader for local paths (idempotent)."""
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only,
+                                     force=True)
+
+
+def safe_loader_is_registered():
+    return CheckpointLoader._get_checkpoint_loader('any/local/file.pth') is \
+        load_from_local_weights_only
+
+
+def check_resumable(path):
+    """Raise ``CheckpointError`` when ``path`` cannot be resumed by mmengine's Runner.
+
+    Why: an official file (mmcv 1.x, mmdet 2.24 / mmseg 0.24) has the weights
+    but not the training state mmengine resumes (``message_hub``, the
+    schedulers); ``Runner.resume`` then stops with ``KeyError: 'message_hub'``
+    after loading the weights. Its weights are meant for ``load_from`` (fine-tune)
+    or ``tools/test.py``.
+    """
+    checkpoint = safe_load(path)
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    if isinstance(meta, dict) and 'message_hub' in checkpoint:
+        return
+    made_by = ', '.join(f'{k} {meta[k]}' for k in ('mmdet_version', 'mmseg_version',
+                                                   'mmcv_version')
+                        if isinstance(meta, dict) and k in meta) or 'not mmengine'
+    raise CheckpointError(
+        f'{path!r} cannot be resumed: it holds no mmengine training state (message_hub, '
+        f'schedulers; it was written by {made_by}). To start training from its weights '
+        f'use --cfg-options load_from={path}; to evaluate it, tools/test.py CONFIG {path}.')
