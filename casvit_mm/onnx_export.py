@@ -1,4 +1,4 @@
-"""ONNX export of CAS-ViT models and running the files in onnxruntime.
+"""ONNX export of CAS-ViT models and running the files in onnxruntime (or OpenVINO).
 
 What ``tools/deployment/export_onnx.py`` and the benchmark export, as
 importable pieces (the tests run exactly these): the export call with the
@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ['SegmentorLabelMap', 'DetectorEnd2End', 'export_onnx',
-           'onnxruntime_session', 'run_onnxruntime', 'match_detections', 'box_iou']
+           'onnxruntime_session', 'run_onnxruntime', 'openvino_model', 'run_openvino',
+           'match_detections', 'box_iou']
 
 
 def _normalise(data_preprocessor, images):
@@ -250,3 +251,23 @@ def run_onnxruntime(session, images):
     """Run ``session`` on a tensor; returns the list of numpy outputs."""
     name = session.get_inputs()[0].name
     return session.run(None, {name: images.detach().cpu().contiguous().numpy()})
+
+
+def openvino_model(path, threads=None):
+    """The ONNX file compiled by OpenVINO (optional: ``pip install openvino``) for
+    the CPU in float32 (OpenVINO would pick bf16 on CPUs that have it), with
+    ``threads`` inference threads (None: OpenVINO's default)."""
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise ImportError('running ONNX files in OpenVINO needs it: pip install openvino') from e
+    config = {'INFERENCE_PRECISION_HINT': 'f32'}
+    if threads is not None:
+        config['INFERENCE_NUM_THREADS'] = threads
+    core = ov.Core()
+    return core.compile_model(core.read_model(path), 'CPU', config)
+
+
+def run_openvino(model, images):
+    """Run a compiled OpenVINO model on a tensor; returns the list of numpy outputs."""
+    return list(model([images.detach().cpu().contiguous().numpy()]).values())

@@ -22,6 +22,7 @@ Variants (--variants), each from the same random weights:
   freezing           switch_model_to_deploy(compile='freezing') (Inductor freezing)
   onnx               the deployed network exported and run in onnxruntime (backbones;
                      RetinaNet image -> boxes after NMS; Semantic FPN image -> label map)
+  openvino           the same ONNX file run by OpenVINO (pip install openvino), fp32
 Rows:
   backbones at each --inputs, with mmdet's ResNet-18 and ResNet-50 (the same
   output stages, eval). Whole models (--models) built from configs/ with random
@@ -60,10 +61,11 @@ from casvit_mm import CASViT  # noqa: E402
 from casvit_mm.apis import build_model, deploy_config, relative_error  # noqa: E402
 from casvit_mm.models.fusion import switch_model_to_deploy  # noqa: E402
 from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap,  # noqa: E402
-                                   export_onnx, onnxruntime_session, run_onnxruntime)
+                                   export_onnx, onnxruntime_session, openvino_model,
+                                   run_onnxruntime, run_openvino)
 
 VARIANTS = ['eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy', 'nchw', 'compile',
-            'freezing', 'onnx']
+            'freezing', 'onnx', 'openvino']
 
 MODEL_CONFIGS = {
     'retinanet': 'configs/detection/retinanet_casvit_{arch}.py',
@@ -186,15 +188,15 @@ def fused_copy(base, variant):
 def casvit_variants(name, base, variants, fn, batch, onnx=None):
     """The requested variants of one CAS-ViT model (a backbone or a whole model).
 
-    ``fn(model)`` is what is timed; ``onnx()``, if given, returns the
-    onnxruntime callable for the ``onnx`` variant.
+    ``fn(model)`` is what is timed; ``onnx(runtime)``, if given, returns the
+    callable running the exported network in onnxruntime or OpenVINO.
     """
     baseline = (name, 'eval')
     out = []
     for variant in variants:
-        if variant == 'onnx':
+        if variant in ('onnx', 'openvino'):
             if onnx is not None:
-                out.append(Variant(name, variant, onnx(), batch, baseline))
+                out.append(Variant(name, variant, onnx(variant), batch, baseline))
             continue
         if variant == 'test.py--deploy' and isinstance(base, CASViT):
             continue  # the same as switch_to_deploy on a bare backbone
@@ -204,9 +206,14 @@ def casvit_variants(name, base, variants, fn, batch, onnx=None):
 
 
 def onnx_runner(module, example, path, threads, **kwargs):
-    """Export ``module`` at ``example``; returns a callable running it in onnxruntime."""
-    def make():
-        export_onnx(module.eval(), example, path, **kwargs)
+    """``make(runtime)``: export ``module`` at ``example`` (once), return a
+    callable running the file in onnxruntime (``'onnx'``) or OpenVINO."""
+    def make(runtime):
+        if not osp.isfile(path):
+            export_onnx(module.eval(), example, path, **kwargs)
+        if runtime == 'openvino':
+            model = openvino_model(path, threads)
+            return lambda: run_openvino(model, example)
         session = onnxruntime_session(path, threads, spinning=False)
         return lambda: run_onnxruntime(session, example)
     return make
@@ -303,6 +310,12 @@ def main():
     except ImportError:
         if 'onnx' in args.variants:
             raise SystemExit('--variants onnx needs onnxruntime: pip install onnxruntime')
+    if 'openvino' in args.variants:
+        try:
+            import openvino
+            meta['openvino'] = openvino.__version__
+        except ImportError:
+            raise SystemExit('--variants openvino needs OpenVINO: pip install openvino')
     print(f'CPU: {meta["cpu"]} ({meta["logical_cpus"]} logical), threads: '
           f'{meta["threads"]}, torch {meta["torch"]}, load average (1 min) at start: '
           f'{meta["loadavg_start"]}', flush=True)
