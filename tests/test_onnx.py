@@ -20,7 +20,8 @@ from casvit_mm import CASViT
 from casvit_mm.apis import build_model, relative_error
 from casvit_mm.models.fusion import switch_model_to_deploy
 from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap, export_onnx,
-                                   match_detections, onnxruntime_session, run_onnxruntime)
+                                   match_detections, onnxruntime_session, openvino_model,
+                                   run_onnxruntime, run_openvino)
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -49,6 +50,11 @@ def test_deployed_backbone_round_trip(tmp_path):
         reference = model(x)
     assert [o.shape for o in outputs] == [tuple(r.shape) for r in reference]
     assert relative_error(reference, outputs) < TOL
+    try:  # the optional runtime, where installed
+        import openvino  # noqa: F401
+    except ImportError:
+        return
+    assert relative_error(reference, run_openvino(openvino_model(path, threads=1), x)) < TOL
 
 
 @pytest.fixture(scope='module')
