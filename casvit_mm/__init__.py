@@ -15,7 +15,7 @@ from . import engine  # noqa: F401  (registers the atomic-checkpoint hook, CPU a
 from .checkpoint import register_safe_loader
 from .checkpoint import whole_model  # noqa: F401  (registers StrictCheckpointHook)
 from .model_index import register_model_index
-from .models import CASViT
+from .models import CASViT, switch_model_to_deploy
 from .registry import REGISTERED_SCOPES, register_all
 from .version import __version__
 
@@ -28,4 +28,4 @@ register_model_index()
 # in casvit_mm/.mim/configs).
 MODULE2PACKAGE.setdefault('casvit_mm', 'casvit_mm')
 
-__all__ = ['CASViT', 'REGISTERED_SCOPES', '__version__']
+__all__ = ['CASViT', 'REGISTERED_SCOPES', 'switch_model_to_deploy', '__version__']

@@ -1,18 +1,44 @@
-"""ONNX round trip: the deployed backbone and a Semantic FPN segmentor export,
-and onnxruntime reproduces PyTorch's outputs (1e-4 of the output scale)."""
+"""ONNX round trips: the deployed backbone, whole RetinaNet (image -> boxes,
+scores, labels after NMS) and Semantic FPN (image -> label map) export, and
+onnxruntime reproduces what the PyTorch models in eval mode predict."""
+import copy
+import glob
+import os
 import os.path as osp
 import subprocess
 import sys
 
+import cv2
+import numpy as np
+import pytest
 import torch
+from mmdet.structures import DetDataSample
+from mmseg.structures import SegDataSample
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from casvit_mm import CASViT
-from casvit_mm.deployment import (export_onnx, onnxruntime_session, relative_error,
-                                  run_onnxruntime)
-from casvit_mm.models.deploy import switch_model_to_deploy
+from casvit_mm.apis import build_model, relative_error
+from casvit_mm.models.fusion import switch_model_to_deploy
+from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap, export_onnx,
+                                   match_detections, onnxruntime_session, openvino_model,
+                                   run_onnxruntime, run_openvino)
+from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOL = 1e-4
+RETINA_TOY = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'
+
+
+def randomize_bn(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, _BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.5)
+    return module
 
 
 def test_deployed_backbone_round_trip(tmp_path):
@@ -24,6 +50,90 @@ def test_deployed_backbone_round_trip(tmp_path):
         reference = model(x)
     assert [o.shape for o in outputs] == [tuple(r.shape) for r in reference]
     assert relative_error(reference, outputs) < TOL
+    try:  # the optional runtime, where installed
+        import openvino  # noqa: F401
+    except ImportError:
+        return
+    assert relative_error(reference, run_openvino(openvino_model(path, threads=1), x)) < TOL
+
+
+@pytest.fixture(scope='module')
+def toy_retinanet(tmp_path_factory):
+    """RetinaNet-CAS-ViT-XS trained 40 iterations on generated shapes (about
+    20 s): scores that separate, unlike random weights, whose near-equal scores
+    make any top-k a coin toss between float roundings."""
+    root = tmp_path_factory.mktemp('toy_coco')
+    toy = make_toy_coco(str(root), num_train=16, num_val=4, image_size=96, seed=0)
+    work = root / 'work'
+    opts = cfg_options(toy['root']) + [
+        'train_dataloader.batch_size=4', 'train_cfg.max_iters=40',
+        'default_hooks.checkpoint.interval=40']
+    for loader in ('train_dataloader', 'test_dataloader'):
+        opts += [f'{loader}.num_workers=0', f'{loader}.persistent_workers=False']
+    proc = subprocess.run(
+        [sys.executable, 'tools/train.py', RETINA_TOY, '--work-dir', str(work),
+         '--cfg-options', *opts], cwd=REPO, capture_output=True, text=True, timeout=900,
+        env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    images = [cv2.imread(p) for p in sorted(glob.glob(osp.join(toy['val_img_dir'], '*.jpg')))]
+    return str(work / 'iter_40.pth'), torch.stack([torch.from_numpy(i).permute(2, 0, 1)
+                                              for i in images])
+
+
+def test_retinanet_end_to_end(toy_retinanet, tmp_path):
+    """Image -> boxes, scores, labels after NMS, with a dynamic batch: the
+    exported deployed detector finds every detection mmdet's test_step finds
+    (same label, IoU >= 0.99, score within 1e-3)."""
+    checkpoint, images = toy_retinanet
+    model = build_model(osp.join(REPO, RETINA_TOY), checkpoint)
+    H, W = images.shape[2:]
+    samples = [DetDataSample(metainfo=dict(img_shape=(H, W), ori_shape=(H, W),
+                                           scale_factor=(1., 1.))) for _ in images]
+    with torch.no_grad():
+        reference = [r.pred_instances for r in
+                     model.test_step(dict(inputs=list(images), data_samples=samples))]
+    assert min(len(r.scores) for r in reference) >= 20  # a real comparison, not 0 == 0
+
+    wrapper = DetectorEnd2End(switch_model_to_deploy(copy.deepcopy(model)))
+    path = export_onnx(wrapper, images[:1].float(), str(tmp_path / 'retinanet.onnx'),
+                       dynamo=False, output_names=['boxes', 'scores', 'labels'],
+                       dynamic_batch=True)
+    boxes, scores, labels = run_onnxruntime(onnxruntime_session(path, threads=1),
+                                            images.float())  # 4 images, exported with 1
+    for b, ref in enumerate(reference):
+        keep = scores[b] > 0  # the rest is padding
+        found = match_detections((ref.bboxes, ref.scores, ref.labels),
+                                 (boxes[b][keep], scores[b][keep], labels[b][keep]))
+        assert found >= 0.99, f'image {b}: only {found:.1%} of the detections found'
+        assert keep.sum() == len(ref.scores)
+
+
+def test_detector_wrapper_refuses_what_it_does_not_export():
+    model = build_model(osp.join(REPO, 'configs/detection/mask_rcnn_casvit_xs.py'))
+    with pytest.raises(ValueError, match='single-stage'):
+        DetectorEnd2End(model)
+
+
+def test_semantic_fpn_label_map(tmp_path):
+    """Image -> label map at input size: onnxruntime's label map equals mmseg's
+    predict on >= 99.9 % of the pixels."""
+    torch.manual_seed(0)  # the random weights, whatever ran before
+    model = randomize_bn(build_model(osp.join(REPO, 'configs/segmentation/fpn_casvit_xs.py')))
+    # the classifier's init (std 0.01) gives one class everywhere: spread the logits
+    torch.nn.init.normal_(model.decode_head.conv_seg.weight, std=1.,
+                          generator=torch.Generator().manual_seed(0))
+    image = torch.from_numpy(np.random.default_rng(0).integers(
+        0, 256, (3, 96, 128), dtype=np.uint8))
+    sample = SegDataSample(metainfo=dict(img_shape=(96, 128), ori_shape=(96, 128)))
+    with torch.no_grad():
+        reference = model.test_step(dict(inputs=[image], data_samples=[sample]))[0]
+    reference = reference.pred_sem_seg.data[0]
+    wrapper = SegmentorLabelMap(switch_model_to_deploy(copy.deepcopy(model)))
+    path = export_onnx(wrapper, image[None].float(), str(tmp_path / 'fpn.onnx'))
+    labels = run_onnxruntime(onnxruntime_session(path, threads=1), image[None].float())[0]
+    assert labels.shape == (1, 96, 128)
+    assert len(reference.unique()) > 3  # a real comparison, not one class everywhere
+    assert (torch.from_numpy(labels[0]) == reference).double().mean() >= 0.999
 
 
 def test_export_tool_semantic_fpn(tmp_path):
@@ -38,4 +148,3 @@ def test_export_tool_semantic_fpn(tmp_path):
     assert (tmp_path / 'fpn_casvit_xs_backbone.onnx').is_file()
     assert (tmp_path / 'fpn_casvit_xs.onnx').is_file()
     assert result.stdout.count('OK') == 2, result.stdout
-

@@ -90,14 +90,22 @@ def test_retinanet_train_resume_test(toy, tmp_path):
     assert len(preds) == 4 and all(len(p['pred_instances']['bboxes']) > 0 for p in preds)
 
     # --deploy: the speed work folds BN; the predictions must not change.
-    deploy = pytest.importorskip('casvit_mm.models.deploy')
-    if not hasattr(deploy, 'switch_model_to_deploy'):
-        pytest.skip('casvit_mm.models.deploy.switch_model_to_deploy not written yet')
     pkl2 = tmp_path / 'preds_deploy.pkl'
     run('tools/test.py', RETINA, work / 'iter_4.pth', '--work-dir', tmp_path / 'deploy',
         '--deploy', '--out', pkl2,
         '--cfg-options', *options(toy, **{'model.test_cfg.score_thr': 0.0}))
     for a, b in zip(preds, mmengine.load(str(pkl2))):
+        top_a = a['pred_instances']['scores'][:10]
+        top_b = b['pred_instances']['scores'][:10]
+        assert (top_a - top_b).abs().max() < 1e-3
+
+    # The fused checkpoint in the deploy config: the same predictions, no refolding.
+    fused, pkl3 = tmp_path / 'fused.pth', tmp_path / 'preds_fused.pkl'
+    run('tools/model_converters/casvit_reparameterize.py', RETINA, work / 'iter_4.pth', fused)
+    run('tools/test.py', RETINA.replace('/toy/', '/deploy/'), fused, '--work-dir',
+        tmp_path / 'fused', '--out', pkl3,
+        '--cfg-options', *options(toy, **{'model.test_cfg.score_thr': 0.0}))
+    for a, b in zip(preds, mmengine.load(str(pkl3))):
         top_a = a['pred_instances']['scores'][:10]
         top_b = b['pred_instances']['scores'][:10]
         assert (top_a - top_b).abs().max() < 1e-3

@@ -12,9 +12,12 @@ mmseg       SegVisualizationHook           IoUMetric output_dir (PNG label maps)
 mmpretrain  VisualizationHook              DumpResults (a .pkl file)
 =========== ============================== =====================================
 
-``--deploy`` folds every BatchNorm of the CAS-ViT backbone into its
-neighbouring convolutions after the checkpoint is loaded, to test the model
-that will be deployed.
+``--deploy`` switches the model to deploy mode after the checkpoint is loaded
+(``casvit_mm.models.fusion.switch_model_to_deploy``: the backbone's
+``switch_to_deploy()``, the fused fast path, plus its output norms folded into
+the FPN), to test the model that will be deployed. A fused checkpoint
+(``tools/model_converters/casvit_reparameterize.py``) is tested with the
+config's ``configs/*/deploy/`` variant instead, with or without ``--deploy``.
 
     python tools/test.py CONFIG CHECKPOINT --show-dir vis --out results.pkl
 """
@@ -47,7 +50,7 @@ def parse_args():
                         '(under work_dir/<timestamp>/ when relative, for mmdet)')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument('--deploy', action='store_true',
-                        help='fold the backbone\'s BatchNorms after loading (deploy model)')
+                        help='switch the model to deploy mode (fused CAS-ViT) after loading')
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation: needs tta_model and tta_pipeline '
                         'in the config')
@@ -97,7 +100,7 @@ def enable_tta(cfg):
 
 
 class DeployHook(Hook):
-    """Fold BatchNorms once the checkpoint is in: ``Runner.test`` loads the
+    """Switch to deploy mode once the checkpoint is in: ``Runner.test`` loads the
     checkpoint after ``before_run`` and before the test loop's ``before_test``."""
     priority = 'VERY_HIGH'
 
@@ -113,7 +116,7 @@ def main():
     args = parse_args()
     switch_to_deploy = None
     if args.deploy:  # fail before building anything when the function is missing
-        from casvit_mm.models.deploy import switch_model_to_deploy as switch_to_deploy
+        from casvit_mm.models.fusion import switch_model_to_deploy as switch_to_deploy
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'Checkpoint {args.checkpoint!r} does not exist: give the .pth '
                          f'written by tools/train.py (work_dirs/<config>/iter_N.pth or '

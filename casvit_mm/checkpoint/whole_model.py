@@ -68,7 +68,7 @@ def matching_config(state_dict):
 
 def check_fits(state_dict, config):
     """Load ``state_dict`` strictly into the model of ``config``; the error text or None."""
-    from ..deployment import build_model
+    from ..apis import build_model
     model = build_model(config)
     try:
         model.load_state_dict(state_dict, strict=True)

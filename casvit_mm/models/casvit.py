@@ -17,38 +17,114 @@ from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint.backbone import convert_on_load, load_backbone_checkpoint
+from .fusion import (conv_act, conv_binary, conv_out, conv_plain, fold_bn_into_conv,
+                     fold_bn_into_next_1x1, set_conv, use_fused_kernels)
 
 
-def conv_bn(in_channels, out_channels, stride=2):
-    """conv3x3 (bias) -> BN: the downsampling between stages."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride, 1),
-        nn.BatchNorm2d(out_channels))
+class Downsample(nn.Sequential):
+    """conv3x3 stride 2 (bias) -> BN: the downsampling between stages.
+
+    ``deploy=True``: the conv alone, the BN folded into it.
+    """
+
+    def __init__(self, in_channels, out_channels, deploy=False):
+        layers = [nn.Conv2d(in_channels, out_channels, 3, 2, 1)]
+        if not deploy:
+            layers.append(nn.BatchNorm2d(out_channels))
+        super().__init__(*layers)
+        self.deploy = deploy
+
+    def forward(self, x):
+        if self.deploy:  # through the same oneDNN op (pre-packed weight) as the blocks
+            return conv_plain(self[0], x, use_fused_kernels(x))
+        return super().forward(x)
+
+    @torch.no_grad()
+    def switch_to_deploy(self):
+        if self.deploy:
+            return
+        conv, bn = self
+        set_conv(conv, *fold_bn_into_conv(conv, bn), like=conv.weight)
+        del self[1]
+        self.deploy = True
 
 
 class Stem(nn.Sequential):
-    """Two stride-2 conv3x3 -> BN -> ReLU: the stride-4 patch embedding."""
+    """Two stride-2 conv3x3 -> BN -> ReLU: the stride-4 patch embedding.
 
-    def __init__(self, in_channels, out_channels):
+    ``deploy=True``: conv -> ReLU twice (BNs folded), each pair one fused
+    kernel on channels-last CPU tensors.
+    """
+
+    def __init__(self, in_channels, out_channels, deploy=False):
         mid = out_channels // 2
-        super().__init__(
-            nn.Conv2d(in_channels, mid, 3, 2, 1), nn.BatchNorm2d(mid), nn.ReLU(),
-            nn.Conv2d(mid, out_channels, 3, 2, 1), nn.BatchNorm2d(out_channels),
-            nn.ReLU())
+        if deploy:
+            super().__init__(nn.Conv2d(in_channels, mid, 3, 2, 1), nn.ReLU(),
+                             nn.Conv2d(mid, out_channels, 3, 2, 1), nn.ReLU())
+        else:
+            super().__init__(
+                nn.Conv2d(in_channels, mid, 3, 2, 1), nn.BatchNorm2d(mid), nn.ReLU(),
+                nn.Conv2d(mid, out_channels, 3, 2, 1), nn.BatchNorm2d(out_channels),
+                nn.ReLU())
+        self.deploy = deploy
+
+    def forward(self, x):
+        if not self.deploy:
+            return super().forward(x)
+        fused = use_fused_kernels(x)
+        return conv_act(self[2], conv_act(self[0], x, 'relu', fused), 'relu', fused)
+
+    @torch.no_grad()
+    def switch_to_deploy(self):
+        if self.deploy:
+            return
+        conv1, bn1, _, conv2, bn2, _ = self
+        for conv, bn in ((conv1, bn1), (conv2, bn2)):
+            set_conv(conv, *fold_bn_into_conv(conv, bn), like=conv.weight)
+        del self[4], self[1]  # -> conv, ReLU, conv, ReLU
+        self.deploy = True
 
 
 class LocalIntegration(nn.Module):
-    """conv1x1 -> BN -> depthwise conv3x3 -> GELU -> conv1x1 (all convs with bias)."""
+    """conv1x1 -> BN -> depthwise conv3x3 -> GELU -> conv1x1 (all convs with bias).
 
-    def __init__(self, dim):
+    ``deploy=True``: ``pw1`` (the first conv with the BN folded), ``dw``,
+    ``pw2``, run by :meth:`forward_deploy` with GELU and the block's residual
+    addition fused into the convolutions before them.
+    """
+
+    def __init__(self, dim, deploy=False):
         super().__init__()
-        self.network = nn.Sequential(
-            nn.Conv2d(dim, dim, 1), nn.BatchNorm2d(dim),
-            nn.Conv2d(dim, dim, 3, 1, 1, groups=dim), nn.GELU(),
-            nn.Conv2d(dim, dim, 1))
+        self.deploy = deploy
+        if deploy:
+            self.pw1 = nn.Conv2d(dim, dim, 1)
+            self.dw = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+            self.pw2 = nn.Conv2d(dim, dim, 1)
+        else:
+            self.network = nn.Sequential(
+                nn.Conv2d(dim, dim, 1), nn.BatchNorm2d(dim),
+                nn.Conv2d(dim, dim, 3, 1, 1, groups=dim), nn.GELU(),
+                nn.Conv2d(dim, dim, 1))
 
     def forward(self, x):
+        if self.deploy:
+            return self.forward_deploy(x, None, use_fused_kernels(x))
         return self.network(x)
+
+    def forward_deploy(self, x, shortcut, fused):
+        """``shortcut + LI(x)`` (``LI(x)`` if ``shortcut`` is None) in deploy mode."""
+        hidden = conv_act(self.dw, conv_plain(self.pw1, x, fused), 'gelu', fused)
+        return conv_out(self.pw2, hidden, shortcut, fused)
+
+    @torch.no_grad()
+    def switch_to_deploy(self):
+        if self.deploy:
+            return
+        pw1, bn, dw, _, pw2 = self.network
+        self.pw1 = set_conv(pw1, *fold_bn_into_conv(pw1, bn), like=pw1.weight)
+        self.dw, self.pw2 = dw, pw2
+        del self.network
+        self.deploy = True
 
 
 class SpatialOperation(nn.Module):
@@ -63,6 +139,12 @@ class SpatialOperation(nn.Module):
     def forward(self, x):
         return x * self.block(x)
 
+    def fused_parameters(self):
+        """``(dw weight, dw bias, gate weight (C,))`` in float64, the BN folded:
+        the gate is ``sigmoid(gate @ relu(dwconv(x)))``."""
+        dw, bn, _, gate, _ = self.block
+        return (*fold_bn_into_conv(dw, bn), gate.weight.double().flatten())
+
 
 class ChannelOperation(nn.Module):
     """Gate every channel: ``x * sigmoid(conv1x1(global_avg_pool(x)))``."""
@@ -76,42 +158,122 @@ class ChannelOperation(nn.Module):
     def forward(self, x):
         return x * self.block(x)
 
+    def fused_parameters(self):
+        """The ``(C, C)`` matrix of the gate ``sigmoid(W @ mean(x))``, float64."""
+        return self.block[1].weight.double().flatten(1)
+
 
 class ConvAdditiveTokenMixer(nn.Module):
     """CATM: ``proj(dwc(Phi(q) + Phi(k)) * v)`` with Phi = channel(spatial(.)).
 
     The additive similarity of the paper replaces softmax attention; q and k
     have their own (unshared) spatial and channel operations.
+
+    ``deploy=True`` (see :meth:`switch_to_deploy`): the block's pre-norm is
+    folded into the projections; q and k come from one 1x1 conv (2C
+    channels) and share one depthwise conv, one gate conv, one sigmoid and
+    one multiplication for their spatial gates, one block-diagonal matrix
+    product for their channel gates and one ``addcmul``.
     """
 
-    def __init__(self, dim, drop_rate=0.):
+    def __init__(self, dim, drop_rate=0., deploy=False):
         super().__init__()
-        self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=False)
-        self.oper_q = nn.Sequential(SpatialOperation(dim), ChannelOperation(dim))
-        self.oper_k = nn.Sequential(SpatialOperation(dim), ChannelOperation(dim))
+        self.deploy = deploy
+        if deploy:
+            self.qk = nn.Conv2d(dim, 2 * dim, 1)
+            self.v = nn.Conv2d(dim, dim, 1)
+            self.spatial_dw = nn.Conv2d(2 * dim, 2 * dim, 3, 1, 1, groups=2 * dim)
+            self.spatial_gate = nn.Conv2d(2 * dim, 2, 1, bias=False)
+            self.channel_gate = nn.Linear(2 * dim, 2 * dim, bias=False)
+        else:
+            self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=False)
+            self.oper_q = nn.Sequential(SpatialOperation(dim), ChannelOperation(dim))
+            self.oper_k = nn.Sequential(SpatialOperation(dim), ChannelOperation(dim))
         self.dwc = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
         self.proj = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
         self.proj_drop = nn.Dropout(drop_rate)
 
     def forward(self, x):
+        if self.deploy:
+            return self.forward_deploy(x, None, use_fused_kernels(x))
         q, k, v = self.qkv(x).chunk(3, dim=1)
         out = self.proj(self.dwc(self.oper_q(q) + self.oper_k(k)) * v)
         return self.proj_drop(out)
 
+    def forward_deploy(self, x, shortcut, fused):
+        """``shortcut + CATM(norm(x))`` (no shortcut if None) in deploy mode."""
+        qk, v = conv_plain(self.qk, x, fused), conv_plain(self.v, x, fused)
+        B, C2, H, W = qk.shape
+        spatial = conv_act(self.spatial_dw, qk, 'relu', fused)
+        spatial = conv_act(self.spatial_gate, spatial, 'sigmoid', fused)
+        qk = qk.view(B, 2, C2 // 2, H, W) * spatial.view(B, 2, 1, H, W)
+        channel = torch.sigmoid(self.channel_gate(qk.mean((3, 4)).view(B, C2)))
+        (q, k), (cq, ck) = qk.unbind(1), channel.view(B, 2, C2 // 2, 1, 1).unbind(1)
+        mixed = conv_binary(self.dwc, (q * cq).addcmul_(k, ck), v, 'mul', fused)
+        return conv_out(self.proj, mixed, shortcut, fused)
+
+    @torch.no_grad()
+    def switch_to_deploy(self, norm=None):
+        """Fuse in place; ``norm``: the eval-mode BN applied to this mixer's input
+        (the block's ``norm1``), folded into the 1x1 projections."""
+        if self.deploy:
+            return
+        dim, like = self.dwc.in_channels, self.qkv.weight
+        if norm is None:
+            w, b = self.qkv.weight.double().flatten(1), torch.zeros(3 * dim).double()
+        else:
+            w, b = fold_bn_into_next_1x1(self.qkv.weight, None, norm)
+        self.qk = set_conv(nn.Conv2d(dim, 2 * dim, 1), w[:2 * dim], b[:2 * dim], like)
+        self.v = set_conv(nn.Conv2d(dim, dim, 1), w[2 * dim:], b[2 * dim:], like)
+        (spatial_q, channel_q), (spatial_k, channel_k) = self.oper_q, self.oper_k
+        dw_q, bias_q, gate_q = spatial_q.fused_parameters()
+        dw_k, bias_k, gate_k = spatial_k.fused_parameters()
+        self.spatial_dw = set_conv(nn.Conv2d(2 * dim, 2 * dim, 3, 1, 1, groups=2 * dim),
+                                   torch.cat([dw_q, dw_k]), torch.cat([bias_q, bias_k]), like)
+        gate = torch.zeros(2, 2 * dim, dtype=torch.float64)
+        gate[0, :dim], gate[1, dim:] = gate_q, gate_k
+        self.spatial_gate = set_conv(nn.Conv2d(2 * dim, 2, 1, bias=False), gate, None, like)
+        channel = torch.block_diag(channel_q.fused_parameters(), channel_k.fused_parameters())
+        self.channel_gate = set_conv(nn.Linear(2 * dim, 2 * dim, bias=False), channel, None,
+                                     like)
+        del self.qkv, self.oper_q, self.oper_k
+        self.deploy = True
+
 
 class ConvMlp(nn.Module):
-    """conv1x1 C->rC -> GELU -> Dropout -> conv1x1 rC->C -> Dropout."""
+    """conv1x1 C->rC -> GELU -> Dropout -> conv1x1 rC->C -> Dropout.
 
-    def __init__(self, dim, mlp_ratio=4., drop_rate=0.):
+    ``deploy=True``: the block's pre-norm folded into ``fc1``, GELU and the
+    residual addition fused into ``fc1`` / ``fc2`` (:meth:`forward_deploy`).
+    """
+
+    def __init__(self, dim, mlp_ratio=4., drop_rate=0., deploy=False):
         super().__init__()
         hidden = int(dim * mlp_ratio)
+        self.deploy = deploy
         self.fc1 = nn.Conv2d(dim, hidden, 1)
         self.act = nn.GELU()
         self.fc2 = nn.Conv2d(hidden, dim, 1)
         self.drop = nn.Dropout(drop_rate)
 
     def forward(self, x):
+        if self.deploy:
+            return self.forward_deploy(x, None, use_fused_kernels(x))
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+    def forward_deploy(self, x, shortcut, fused):
+        """``shortcut + MLP(norm(x))`` (no shortcut if None) in deploy mode."""
+        return conv_out(self.fc2, conv_act(self.fc1, x, 'gelu', fused), shortcut, fused)
+
+    @torch.no_grad()
+    def switch_to_deploy(self, norm=None):
+        """Fuse in place; ``norm``: the eval-mode BN before this MLP, folded into fc1."""
+        if self.deploy:
+            return
+        if norm is not None:
+            set_conv(self.fc1, *fold_bn_into_next_1x1(self.fc1.weight, self.fc1.bias, norm),
+                     like=self.fc1.weight)
+        self.deploy = True
 
 
 class AdditiveBlock(nn.Module):
@@ -119,22 +281,48 @@ class AdditiveBlock(nn.Module):
 
     ``x + LI(x)`` has no drop path (as in the official code); the two other
     residual branches share the block's drop-path rate.
+
+    ``deploy=True`` (or :meth:`switch_to_deploy`): no BatchNorm left (``norm1``
+    and ``norm2`` folded into the 1x1 convolutions after them), q/k fused, and
+    on channels-last CPU tensors every GELU / ReLU / sigmoid, residual addition
+    and ``* v`` after a convolution runs inside it. Same function as the
+    trained block in eval mode, up to float rounding.
     """
 
-    def __init__(self, dim, mlp_ratio=4., drop_rate=0., drop_path_rate=0.):
+    def __init__(self, dim, mlp_ratio=4., drop_rate=0., drop_path_rate=0., deploy=False):
         super().__init__()
-        self.local_perception = LocalIntegration(dim)
-        self.norm1 = nn.BatchNorm2d(dim)
-        self.attn = ConvAdditiveTokenMixer(dim, drop_rate)
-        self.norm2 = nn.BatchNorm2d(dim)
-        self.mlp = ConvMlp(dim, mlp_ratio, drop_rate)
-        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.deploy = deploy
+        self.local_perception = LocalIntegration(dim, deploy)
+        self.attn = ConvAdditiveTokenMixer(dim, drop_rate, deploy)
+        self.mlp = ConvMlp(dim, mlp_ratio, drop_rate, deploy)
+        if not deploy:
+            self.norm1 = nn.BatchNorm2d(dim)
+            self.norm2 = nn.BatchNorm2d(dim)
+        self.drop_path = (DropPath(drop_path_rate) if drop_path_rate > 0 and not deploy
+                          else nn.Identity())
 
     def forward(self, x):
+        if self.deploy:
+            fused = use_fused_kernels(x)
+            x = self.local_perception.forward_deploy(x, x, fused)
+            x = self.attn.forward_deploy(x, x, fused)
+            return self.mlp.forward_deploy(x, x, fused)
         x = x + self.local_perception(x)
         x = x + self.drop_path(self.attn(self.norm1(x)))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x
+
+    @torch.no_grad()
+    def switch_to_deploy(self):
+        """Fuse in place for inference (uses the BN running statistics)."""
+        if self.deploy:
+            return
+        self.local_perception.switch_to_deploy()
+        self.attn.switch_to_deploy(self.norm1)
+        self.mlp.switch_to_deploy(self.norm2)
+        del self.norm1, self.norm2
+        self.drop_path = nn.Identity()
+        self.deploy = True
 
 
 class CASViT(BaseModule):
@@ -173,6 +361,10 @@ class CASViT(BaseModule):
             followed by the pooling. Defaults to False.
         with_cp (bool): Checkpoint the activations of every block to save
             memory at the cost of a second forward. Defaults to False.
+        deploy (bool): Build the fused inference structure directly (every
+            block as after :meth:`switch_to_deploy`), to load a fused
+            checkpoint strictly -- the ``configs/*/deploy/`` variants set it.
+            Such a model cannot be trained. Defaults to False.
         init_cfg (dict | list[dict], optional): Initialisation config.
             ``dict(type='Pretrained', checkpoint=PATH, prefix=...)`` loads any
             official or casvit-mm checkpoint layout, converting and checking it
@@ -209,7 +401,8 @@ class CASViT(BaseModule):
                  drop_path_rate: float = 0.,
                  global_pool: bool = False,
                  with_cp: bool = False,
-                 init_cfg: Optional[Union[Dict, Sequence[Dict]]] = None):
+                 init_cfg: Optional[Union[Dict, Sequence[Dict]]] = None,
+                 deploy: bool = False):
         super().__init__(init_cfg=init_cfg)
         self.arch_name = repr(arch.lower()) if isinstance(arch, str) else 'custom'
         self.arch = self.parse_arch(arch)
@@ -225,26 +418,31 @@ class CASViT(BaseModule):
         self.norm_eval = norm_eval
         self.global_pool = global_pool
         self.with_cp = with_cp
-        self.deployed = False
+        self.deploy = deploy
 
-        self.patch_embed = Stem(in_channels, self.widths[0])
+        self.patch_embed = Stem(in_channels, self.widths[0], deploy)
         total = sum(self.depths)
         rates = [drop_path_rate * b / max(total - 1, 1) for b in range(total)]
         self.stages = nn.ModuleList()
         self.downsamples = nn.ModuleList()
         for i, (depth, width) in enumerate(zip(self.depths, self.widths)):
             if i > 0:
-                self.downsamples.append(conv_bn(self.widths[i - 1], width))
+                self.downsamples.append(Downsample(self.widths[i - 1], width, deploy))
             first = sum(self.depths[:i])
             self.stages.append(nn.Sequential(*[
-                AdditiveBlock(width, self.arch['mlp_ratio'], drop_rate, rates[first + j])
+                AdditiveBlock(width, self.arch['mlp_ratio'], drop_rate, rates[first + j],
+                              deploy)
                 for j in range(depth)]))
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.BatchNorm2d(self.widths[i]))
         self._freeze_stages()
+        # A fused checkpoint into a training model or the reverse: its own message first.
+        self._register_load_state_dict_pre_hook(self._check_checkpoint_layout)
         # Every loader (init_cfg, load_checkpoint, load_from, resume) converts
         # official keys and checks the fit here (casvit_mm.checkpoint.backbone).
         self.register_load_state_dict_pre_hook(convert_on_load)
+        if deploy:
+            self._finish_deploy()
 
     # ------------------------------------------------------------------ args
     @classmethod
@@ -305,6 +503,15 @@ class CASViT(BaseModule):
         """Truncated-normal Linear/conv init, or load a checkpoint (any layout)."""
         init_cfg = self.init_cfg
         if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
+            if self.deploy:  # a training-layout backbone checkpoint: load, fuse, copy
+                twin = CASViT(self.arch, self.in_channels, self.out_indices,
+                              global_pool=self.global_pool)
+                load_backbone_checkpoint(twin, init_cfg['checkpoint'],
+                                         prefix=init_cfg.get('prefix'))
+                twin.switch_to_deploy()
+                self.load_state_dict(twin.state_dict())
+                self._is_init = True
+                return
             load_backbone_checkpoint(self, init_cfg['checkpoint'],
                                      prefix=init_cfg.get('prefix'))
             self._is_init = True
@@ -338,6 +545,9 @@ class CASViT(BaseModule):
 
     def forward(self, x):
         self._check_input(x)
+        if self.deploy and self.patch_embed[0].weight.is_contiguous(
+                memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)  # fused kernels from the stem on
         x = self.patch_embed(x)
         outs = []
         for i, stage in enumerate(self.stages):
@@ -371,9 +581,10 @@ class CASViT(BaseModule):
                 param.requires_grad = False
 
     def train(self, mode: bool = True):
-        if mode and self.deployed:
-            raise RuntimeError('This CASViT was switched to deploy mode (BatchNorm folded '
-                               'away) and cannot be trained: build a fresh model to train.')
+        if mode and self.deploy:
+            raise RuntimeError('This CASViT is in deploy mode (BatchNorm folded away, built '
+                               'with deploy=True or switched with switch_to_deploy()) and '
+                               'cannot be trained: build it with deploy=False to train.')
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
@@ -408,13 +619,66 @@ class CASViT(BaseModule):
             layer_id = num_layers - 1
         return layer_id, num_layers
 
+    # ---------------------------------------------------------------- deploy
+    @property
+    def deployed(self):
+        """Alias of ``deploy``: whether this backbone runs the fused structure."""
+        return self.deploy
+
     def switch_to_deploy(self):
-        """Fold every BatchNorm for inference (see :mod:`casvit_mm.models.deploy`)."""
-        from .deploy import fold_casvit
-        fold_casvit(self)
-        self.deployed = True
+        """Fuse for inference, in place: the whole fast path.
+
+        Every module with a ``switch_to_deploy()`` fuses itself (BatchNorms
+        folded, q/k fused), then the weights are stored channels-last so that
+        on a CPU the fused oneDNN kernels run. The result has the structure of
+        ``CASViT(..., deploy=True)``: its state dict is the fused checkpoint
+        (``tools/model_converters/casvit_reparameterize.py`` writes it). The
+        output norms ``norm{i}`` stay; ``casvit_mm.models.fusion.
+        switch_model_to_deploy`` also folds them into an FPN. Safe to repeat.
+        """
+        if self.deploy:
+            return
+        self.eval()
+        _switch_children_to_deploy(self)
+        self.deploy = True
+        self._finish_deploy()
+
+    def _finish_deploy(self):
+        # channels-last weights make oneDNN pick NHWC and let use_fused_kernels fuse
+        self.requires_grad_(False)
+        self.to(memory_format=torch.channels_last)
+        super().train(False)
+
+    def _check_checkpoint_layout(self, state_dict, prefix, *args):
+        """Refuse, with the way out, a checkpoint whose layout (fused or not) is
+        not this backbone's: mmengine's loaders would only warn and go on
+        with random weights."""
+        keys = [k[len(prefix):] for k in state_dict if k.startswith(prefix)]
+        # the training layout, this repository's or the official one (both have norm1)
+        unfused = any('.norm1.' in k for k in keys)
+        fused = any(k.startswith('stages.') and '.attn.qk.' in k for k in keys)
+        if self.deploy and unfused:
+            raise RuntimeError(
+                'This CASViT has deploy=True (fused) but the checkpoint holds the '
+                'training layout (with BatchNorms): convert it first with '
+                'tools/model_converters/casvit_reparameterize.py, or load it into the '
+                'config without deploy and switch with --deploy / switch_to_deploy().')
+        if not self.deploy and fused:
+            raise RuntimeError(
+                'The checkpoint is a fused (deploy) CAS-ViT checkpoint but this CASViT was '
+                'built for training: load it into a deploy config (configs/*/deploy/, '
+                'backbone=dict(deploy=True)).')
 
     def extra_repr(self):
         return (f"depths={self.depths}, widths={self.widths}, "
                 f"out_indices={self.out_indices}")
 
+
+def _switch_children_to_deploy(module):
+    """Call ``switch_to_deploy()`` on the outermost submodules that have one
+    (each fuses what is inside it), as timm's RepViT walker does."""
+    for child in module.children():
+        if hasattr(child, 'switch_to_deploy'):
+            child.switch_to_deploy()
+        else:
+            _switch_children_to_deploy(child)

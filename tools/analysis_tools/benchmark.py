@@ -7,20 +7,38 @@ and reports the median latency, images per second and speed-ups against the
 eval-mode CAS-ViT of the same input measured in the same run (and against
 ResNet-50 when it is in the run).
 
+Variants (--variants), each from the same random weights:
+  eval               the model as trained, in eval mode
+  switch_to_deploy   ``backbone.switch_to_deploy()`` (what the converter does)
+  deploy=True        built with ``backbone=dict(deploy=True)`` (the configs/*/deploy/
+                     variants), the fused state dict loaded strictly
+  test.py--deploy    ``switch_model_to_deploy(model)`` (tools/test.py --deploy,
+                     inferencers): switch_to_deploy + output norms folded into
+                     the FPN; whole models only (on a bare backbone it is
+                     switch_to_deploy)
+  nchw               switch_to_deploy with the weights back in NCHW (ablation:
+                     no fused kernels)
+  compile            switch_model_to_deploy(compile=True)
+  freezing           switch_model_to_deploy(compile='freezing') (Inductor freezing)
+  onnx               the deployed network exported and run in onnxruntime (backbones;
+                     RetinaNet image -> boxes after NMS; Semantic FPN image -> label map)
+  openvino           the same ONNX file run by OpenVINO (pip install openvino), fp32
 Rows:
-  backbones at each --inputs: CAS-ViT eval, deploy (BN folded, channels
-  last), optionally deploy + torch.compile and the deployed backbone in
-  onnxruntime; mmdet's ResNet-18 and ResNet-50 (the same output stages, eval).
-  whole models (--models) built from configs/ with random weights: RetinaNet
-  and Mask R-CNN run ``test_step`` on one 800x1344 image (data preprocessor,
-  network, post-processing with NMS: what tools/test.py runs per image);
-  Semantic FPN runs the network to its logits on 512x512 (also in
-  onnxruntime with --variants onnx). Eval and deploy differ only in the
-  backbone (and the FPN lateral convs that absorb its output norms).
+  backbones at each --inputs, with mmdet's ResNet-18 and ResNet-50 (the same
+  output stages, eval). Whole models (--models) built from configs/ with random
+  weights: RetinaNet and Mask R-CNN run ``test_step`` on one 800x1344 image
+  (data preprocessor, network, post-processing with NMS: what tools/test.py
+  runs per image); Semantic FPN maps a 512x512 image to its label map
+  (``SegmentorLabelMap``: normalisation, network, resize, argmax). Eval and
+  deploy differ only in the backbone (and, with test.py--deploy, the FPN
+  lateral convs that absorb its output norms).
 
 Examples:
-  # the full table of the README (about 15 minutes on 2 cores)
+  # the README table (about 6 minutes on an idle 2-core machine)
   python tools/analysis_tools/benchmark.py --json work_dirs/benchmark.json
+  # Inductor at 8x224 (a minute or two of compiling)
+  python tools/analysis_tools/benchmark.py --inputs 8x3x224x224 --models none \
+      --variants eval switch_to_deploy compile freezing --baselines resnet18
   # a quick look
   python tools/analysis_tools/benchmark.py --arch xs --inputs 1x3x512x512 \
       --models none --repeats 3
@@ -40,9 +58,14 @@ import torch
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
 from casvit_mm import CASViT  # noqa: E402
-from casvit_mm.deployment import (SegmentorLogits, build_model, export_onnx,  # noqa: E402
-                                  onnxruntime_session, relative_error, run_onnxruntime)
-from casvit_mm.models.deploy import switch_model_to_deploy  # noqa: E402
+from casvit_mm.apis import build_model, deploy_config, relative_error  # noqa: E402
+from casvit_mm.models.fusion import switch_model_to_deploy  # noqa: E402
+from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap,  # noqa: E402
+                                   export_onnx, onnxruntime_session, openvino_model,
+                                   run_onnxruntime, run_openvino)
+
+VARIANTS = ['eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy', 'nchw', 'compile',
+            'freezing', 'onnx', 'openvino']
 
 MODEL_CONFIGS = {
     'retinanet': 'configs/detection/retinanet_casvit_{arch}.py',
@@ -56,24 +79,23 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--arch', nargs='+', default=['m'],
                         help='CAS-ViT sizes (xs s m t l); default: m')
-    parser.add_argument('--inputs', nargs='+',
-                        default=['8x3x224x224', '1x3x512x512', '1x3x800x1344'],
+    parser.add_argument('--inputs', nargs='+', default=['8x3x224x224', '1x3x800x1344'],
                         help='backbone inputs as BxCxHxW; "none" for no backbone rows')
     parser.add_argument('--baselines', nargs='*', default=['resnet18', 'resnet50'],
                         choices=['resnet18', 'resnet50'])
-    parser.add_argument('--models', nargs='+', default=list(MODEL_CONFIGS),
+    parser.add_argument('--models', nargs='+', default=['retinanet', 'fpn'],
                         choices=list(MODEL_CONFIGS) + ['none'],
-                        help='whole models built from the configs; "none" to skip')
-    parser.add_argument('--variants', nargs='+', default=['eval', 'deploy', 'onnx'],
-                        choices=['eval', 'deploy', 'deploy-nchw', 'compile', 'onnx'],
-                        help='eval: the model as trained, in eval mode; deploy: '
-                        'switch_model_to_deploy (channels last); deploy-nchw: without '
-                        'channels last; compile: deploy + torch.compile; onnx: the '
-                        'deployed network in onnxruntime (backbones, Semantic FPN)')
+                        help='whole models built from the configs; "none" to skip '
+                        '(default: retinanet fpn)')
+    parser.add_argument('--variants', nargs='+', choices=VARIANTS,
+                        default=['eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy',
+                                 'onnx'], help='see the module doc')
     parser.add_argument('--threads', type=int, default=2, help='torch and onnxruntime '
                         'intra-op threads (default 2)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed runs per variant')
     parser.add_argument('--repeats', type=int, default=10, help='timed runs per variant')
+    parser.add_argument('--model-repeats', type=int, default=5,
+                        help='timed runs per variant of the whole models (default 5)')
     parser.add_argument('--det-input', default='800x1344', help='HxW for the detectors')
     parser.add_argument('--seg-input', default='512x512', help='HxW for Semantic FPN')
     parser.add_argument('--profile', type=int, default=0, metavar='N',
@@ -143,32 +165,58 @@ def time_round_robin(variants, warmup, repeats):
     return outputs
 
 
-def casvit_variants(name, base, example, variants, tmpdir, threads, fn=None, batch=1):
+def fused_copy(base, variant):
+    """A deployed copy of ``base`` (a backbone or a whole model) as ``variant`` makes it."""
+    model = copy.deepcopy(base)
+    backbone = model if isinstance(model, CASViT) else model.backbone
+    if variant in ('switch_to_deploy', 'nchw', 'deploy=True'):
+        backbone.switch_to_deploy()
+        if variant == 'nchw':
+            backbone.to(memory_format=torch.contiguous_format)
+        if variant == 'deploy=True':  # what configs/*/deploy/ + a fused checkpoint build
+            if isinstance(model, CASViT):
+                built = CASViT(base.arch, out_indices=base.out_indices, deploy=True)
+            else:
+                built = build_model(deploy_config(base.cfg))
+            built.load_state_dict(model.state_dict(), strict=True)
+            model = built
+        return model.eval()
+    compile = {'compile': True, 'freezing': 'freezing'}.get(variant, False)
+    return switch_model_to_deploy(model, compile=compile)
+
+
+def casvit_variants(name, base, variants, fn, batch, onnx=None):
     """The requested variants of one CAS-ViT model (a backbone or a whole model).
 
-    ``fn(model)`` is what is timed, ``model(example)`` by default; the
-    onnxruntime variant runs the deployed ``base`` exported at ``example``.
+    ``fn(model)`` is what is timed; ``onnx(runtime)``, if given, returns the
+    callable running the exported network in onnxruntime or OpenVINO.
     """
-    fn = fn or (lambda m: m(example))
     baseline = (name, 'eval')
     out = []
     for variant in variants:
-        if variant == 'onnx':
-            deployed = switch_model_to_deploy(copy.deepcopy(base), channels_last=False)
-            path = export_onnx(deployed, example,
-                               osp.join(tmpdir, f'{name}_{len(os.listdir(tmpdir))}.onnx'))
-            session = onnxruntime_session(path, threads, spinning=False)
-            out.append(Variant(name, variant, lambda s=session: run_onnxruntime(s, example),
-                               batch, baseline))
+        if variant in ('onnx', 'openvino'):
+            if onnx is not None:
+                out.append(Variant(name, variant, onnx(variant), batch, baseline))
             continue
-        if variant == 'eval':
-            model = base
-        else:
-            model = switch_model_to_deploy(
-                copy.deepcopy(base), channels_last=variant != 'deploy-nchw',
-                compile=variant == 'compile')
+        if variant == 'test.py--deploy' and isinstance(base, CASViT):
+            continue  # the same as switch_to_deploy on a bare backbone
+        model = base if variant == 'eval' else fused_copy(base, variant)
         out.append(Variant(name, variant, lambda m=model: fn(m), batch, baseline))
     return out
+
+
+def onnx_runner(module, example, path, threads, **kwargs):
+    """``make(runtime)``: export ``module`` at ``example`` (once), return a
+    callable running the file in onnxruntime (``'onnx'``) or OpenVINO."""
+    def make(runtime):
+        if not osp.isfile(path):
+            export_onnx(module.eval(), example, path, **kwargs)
+        if runtime == 'openvino':
+            model = openvino_model(path, threads)
+            return lambda: run_openvino(model, example)
+        session = onnxruntime_session(path, threads, spinning=False)
+        return lambda: run_onnxruntime(session, example)
+    return make
 
 
 def resnet(depth):
@@ -202,8 +250,12 @@ def summarise(group, variants, outputs):
         if resnet50 is not None:
             row['speedup_vs_resnet50'] = round(resnet50 / med, 3)
         if v.compare and v.key != v.baseline and v.baseline in outputs:
-            row['max_rel_error_vs_eval'] = float(
-                f'{relative_error(outputs[v.baseline], outputs[v.key]):.3g}')
+            ref, out = outputs[v.baseline], outputs[v.key]
+            if v.compare == 'labels':  # label maps: the fraction of pixels that differ
+                out = torch.as_tensor(out[0] if isinstance(out, list) else out)
+                row['label_mismatch_vs_eval'] = float(f'{(ref != out).double().mean():.3g}')
+            else:
+                row['max_rel_error_vs_eval'] = float(f'{relative_error(ref, out):.3g}')
         rows.append(row)
     return rows
 
@@ -227,17 +279,19 @@ def profile(variants, top):
 
 
 def print_rows(rows):
-    header = (f'{"input":<14}{"model":<22}{"variant":<12}{"median ms":>10}{"img/s":>9}'
-              f'{"x eval":>8}{"x R-50":>8}{"rel err":>10}')
+    header = (f'{"input":<14}{"model":<22}{"variant":<18}{"median ms":>10}{"img/s":>9}'
+              f'{"x eval":>8}{"x R-50":>8}{"diff":>10}')
     print(header)
     print('-' * len(header))
     for r in rows:
-        err = r.get('max_rel_error_vs_eval')
-        print(f'{r["input"]:<14}{r["model"]:<22}{r["variant"]:<12}{r["median_ms"]:>10.1f}'
+        err = r.get('max_rel_error_vs_eval', r.get('label_mismatch_vs_eval'))
+        print(f'{r["input"]:<14}{r["model"]:<22}{r["variant"]:<18}{r["median_ms"]:>10.1f}'
               f'{r["images_per_s"]:>9.2f}'
               f'{r.get("speedup_vs_eval", float("nan")):>8.2f}'
               f'{r.get("speedup_vs_resnet50", float("nan")):>8.2f}'
               f'{"" if err is None else f"{err:.1e}":>10}')
+    print('(x R-50: speed-up against ResNet-50 on the same input; diff: max |out - eval| / '
+          'max |eval| of the outputs, or for label maps the fraction of pixels that differ)')
     print(flush=True)
 
 
@@ -256,14 +310,20 @@ def main():
     except ImportError:
         if 'onnx' in args.variants:
             raise SystemExit('--variants onnx needs onnxruntime: pip install onnxruntime')
+    if 'openvino' in args.variants:
+        try:
+            import openvino
+            meta['openvino'] = openvino.__version__
+        except ImportError:
+            raise SystemExit('--variants openvino needs OpenVINO: pip install openvino')
     print(f'CPU: {meta["cpu"]} ({meta["logical_cpus"]} logical), threads: '
           f'{meta["threads"]}, torch {meta["torch"]}, load average (1 min) at start: '
           f'{meta["loadavg_start"]}', flush=True)
     torch.manual_seed(0)
     results = []
 
-    def run(group, variants):
-        outputs = time_round_robin(variants, args.warmup, args.repeats)
+    def run(group, variants, repeats):
+        outputs = time_round_robin(variants, args.warmup, repeats)
         rows = summarise(group, variants, outputs)
         print_rows(rows)
         results.extend(rows)
@@ -271,37 +331,52 @@ def main():
             profile(variants, args.profile)
 
     with tempfile.TemporaryDirectory() as tmpdir:
+        def onnx_path(name):
+            return osp.join(tmpdir, f'{name}_{len(os.listdir(tmpdir))}.onnx')
+
         for shape in inputs:
             example = torch.randn(shape)
             variants = []
             for arch in args.arch:
-                variants += casvit_variants(f'casvit-{arch}', CASViT(arch).eval(), example,
-                                            args.variants, tmpdir, args.threads,
-                                            batch=shape[0])
+                base = CASViT(arch).eval()
+                variants += casvit_variants(
+                    f'casvit-{arch}', base, args.variants, lambda m: m(example), shape[0],
+                    onnx=onnx_runner(fused_copy(base, 'nchw'), example,
+                                     onnx_path(f'casvit-{arch}'), args.threads))
             for name in args.baselines:
                 model = resnet(int(name[len('resnet'):]))
                 variants.append(Variant(name, 'eval', lambda m=model: m(example), shape[0],
                                         baseline=(f'casvit-{args.arch[0]}', 'eval'),
                                         compare=False))
-            run('x'.join(map(str, shape)), variants)
+            run('x'.join(map(str, shape)), variants, args.repeats)
 
         for kind in models:
             for arch in args.arch:
                 name = f'{kind}-casvit-{arch}'
                 base = build_model(osp.join(REPO, MODEL_CONFIGS[kind].format(arch=arch)))
-                if kind == 'fpn':  # the network up to its logits (1/4 of the input)
-                    example = torch.randn(1, 3, *seg_hw)
-                    variants = casvit_variants(name, SegmentorLogits(base).eval(), example,
-                                               args.variants, tmpdir, args.threads)
-                    run('x'.join(map(str, example.shape)), variants)
-                else:  # test_step: preprocessing, network, post-processing
-                    data = detector_data(det_hw)
+                if kind == 'fpn':  # image -> label map
+                    image = torch.rand(1, 3, *seg_hw) * 255
                     variants = casvit_variants(
-                        name, base, None, [v for v in args.variants if v != 'onnx'], tmpdir,
-                        args.threads, fn=lambda m: m.test_step(data))
-                    for v in variants:
-                        v.compare = False  # detections: thresholds make a diff meaningless
-                    run('1x3x' + 'x'.join(map(str, det_hw)), variants)
+                        name, base, args.variants, lambda m: SegmentorLabelMap(m)(image), 1,
+                        onnx=onnx_runner(SegmentorLabelMap(fused_copy(base, 'nchw')), image,
+                                         onnx_path(name), args.threads))
+                    for v in variants:  # label maps: compare the fraction of pixels
+                        v.compare = 'labels'
+                    run('x'.join(map(str, image.shape)), variants, args.model_repeats)
+                    continue
+                # detectors: test_step (preprocessing, network, post-processing)
+                data = detector_data(det_hw)
+                onnx = None
+                if kind == 'retinanet':  # image -> boxes, scores, labels after NMS
+                    image = data['inputs'][0][None].float()
+                    onnx = onnx_runner(DetectorEnd2End(fused_copy(base, 'nchw')), image,
+                                       onnx_path(name), args.threads, dynamo=False)
+                variants = casvit_variants(
+                    name, base, args.variants,
+                    lambda m: m.test_step(data), 1, onnx=onnx)
+                for v in variants:
+                    v.compare = False  # detections: thresholds make a diff meaningless
+                run('1x3x' + 'x'.join(map(str, det_hw)), variants, args.model_repeats)
     meta['loadavg_end'] = loadavg()
     print(f'load average (1 min) at end: {meta["loadavg_end"]}')
     if args.json:

@@ -1,10 +1,11 @@
-"""Helpers shared by the deployment tools and their tests.
+"""Build models from the plugin's configs and compare outputs: what the tools share.
 
-``tools/deployment/export_onnx.py``, ``tools/analysis_tools/benchmark.py`` and
-``tools/analysis_tools/train_memory.py`` build models from the plugin's
-configs without touching the network, export them to ONNX and compare
-outputs; these are the pieces they have in common, kept importable so the
-tests exercise exactly what the tools run.
+``tools/deployment/export_onnx.py``, ``tools/analysis_tools/benchmark.py``,
+``tools/analysis_tools/train_memory.py`` and
+``tools/model_converters/casvit_reparameterize.py`` build models from configs
+without touching the network and compare outputs; these are the pieces they
+have in common, kept importable so the tests exercise exactly what the tools
+run (as ``mmdet.apis`` does for mmdet's tools).
 """
 import copy
 import importlib
@@ -13,10 +14,8 @@ import os.path as osp
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-__all__ = ['build_model', 'load_config', 'SegmentorLogits', 'relative_error',
-           'export_onnx', 'onnxruntime_session', 'run_onnxruntime']
+__all__ = ['build_model', 'load_config', 'relative_error']
 
 
 def load_config(config):
@@ -78,22 +77,6 @@ def build_model(config, checkpoint=None, with_cp=None):
     return model.eval()
 
 
-class SegmentorLogits(nn.Module):
-    """Tensor-in, tensor-out view of an mmseg segmentor for export.
-
-    ``forward(images)`` returns the decode head's logits at 1/4 of the input
-    size (``EncoderDecoder._forward``): the network itself, without mmseg's
-    data samples, resizing back to the original image or argmax.
-    """
-
-    def __init__(self, segmentor):
-        super().__init__()
-        self.segmentor = segmentor
-
-    def forward(self, images):
-        return self.segmentor._forward(images)
-
-
 def _as_list(outputs):
     if isinstance(outputs, (list, tuple)):
         return [o for out in outputs for o in _as_list(out)]
@@ -120,45 +103,45 @@ def relative_error(reference, outputs):
     return worst
 
 
-def export_onnx(module, example, path, dynamo=True):
-    """Export ``module`` called on the tensor ``example`` to ``path`` (static shapes).
+def deploy_config(config):
+    """The ``deploy=True`` variant of a config: the same model, fused backbone."""
+    cfg = load_config(config)
+    cfg.model.backbone.deploy = True
+    return cfg
 
-    ``dynamo=True`` (torch's default since 2.9) uses the ``torch.export``
-    exporter, the one PyTorch maintains; ``dynamo=False`` the deprecated
-    TorchScript exporter, faster to run and kept as a fallback. Both were
-    checked to give the same outputs for CAS-ViT and Semantic FPN.
+
+def reparameterize(config, checkpoint, example_shape=(1, 3, 128, 128), tol=1e-4):
+    """Fuse the CAS-ViT of a trained whole-model checkpoint for deployment.
+
+    Builds ``config`` with ``checkpoint``, calls ``model.backbone.switch_to_deploy()``
+    (what mmpretrain's ``reparameterize_model.py`` does), then checks the
+    result the way it will be used: a ``deploy=True`` build of the same config
+    loads the fused state dict *strictly* and reproduces the unfused eval-mode
+    features (``extract_feat``) on a random ``example_shape`` input within
+    ``tol`` of their scale.
+
+    Returns:
+        tuple[dict, float]: The fused state dict (whole model) and the
+        relative error seen.
     """
-    import warnings
-    module = module.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        kwargs = dict(dynamo=dynamo, input_names=['images'])
-        if dynamo:
-            kwargs['verbose'] = False
-        torch.onnx.export(module, (example, ), path, **kwargs)
-    return path
-
-
-def onnxruntime_session(path, threads=None, spinning=True):
-    """An onnxruntime CPU session with ``threads`` intra-op threads (all graph
-    optimisations on); ``threads=None`` keeps onnxruntime's default.
-
-    ``spinning=False`` stops idle onnxruntime threads from busy-waiting after
-    a run, which would steal the CPU from whatever runs next in the process
-    (the benchmark interleaves it with PyTorch).
-    """
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    if not spinning:
-        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
-    return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
-
-
-def run_onnxruntime(session, images):
-    """Run ``session`` on a tensor; returns the list of numpy outputs."""
-    name = session.get_inputs()[0].name
-    return session.run(None, {name: images.detach().cpu().contiguous().numpy()})
+    from .models import CASViT
+    model = build_model(config, checkpoint)
+    if not isinstance(getattr(model, 'backbone', None), CASViT):
+        raise ValueError(f'{getattr(config, "filename", config)} has no CASViT backbone: '
+                         f'nothing to reparameterize')
+    if model.backbone.deploy:
+        raise ValueError('The model is already fused (deploy=True config or fused '
+                         'checkpoint): give the training config and checkpoint.')
+    example = torch.randn(example_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model.extract_feat(example)
+    model.backbone.switch_to_deploy()
+    state_dict = model.state_dict()
+    fused = build_model(deploy_config(model.cfg))
+    fused.load_state_dict(state_dict, strict=True)
+    with torch.no_grad():
+        error = relative_error(reference, fused.extract_feat(example))
+    if error > tol:
+        raise RuntimeError(f'the fused model differs from the trained one by {error:.2e} '
+                           f'of the output scale (tolerance {tol:g})')
+    return state_dict, error

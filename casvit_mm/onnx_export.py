@@ -1,0 +1,273 @@
+"""ONNX export of CAS-ViT models and running the files in onnxruntime (or OpenVINO).
+
+What ``tools/deployment/export_onnx.py`` and the benchmark export, as
+importable pieces (the tests run exactly these): the export call with the
+exporter choice, tensor-in/tensor-out wrappers of whole mmdet / mmseg models,
+and onnxruntime sessions.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['SegmentorLabelMap', 'DetectorEnd2End', 'export_onnx',
+           'onnxruntime_session', 'run_onnxruntime', 'openvino_model', 'run_openvino',
+           'match_detections', 'box_iou']
+
+
+def _normalise(data_preprocessor, images):
+    """What an mmdet / mmseg ``data_preprocessor`` does to a test batch, in the
+    graph: BGR -> RGB if configured, ``(x - mean) / std``, and (mmdet) zero
+    padding to ``pad_size_divisor``, bottom and right. Images come as loaded
+    (float, 0-255, BGR)."""
+    pre = data_preprocessor
+    # mmengine's ImgDataPreprocessor (mmdet) and mmseg's own name the flag differently
+    if getattr(pre, '_channel_conversion', getattr(pre, 'channel_conversion', False)):
+        images = images[:, [2, 1, 0]]
+    if getattr(pre, '_enable_normalize', False):
+        images = (images - pre.mean) / pre.std
+    if getattr(pre, 'test_cfg', None):  # mmseg pads at test time only when told to
+        raise ValueError(f'data_preprocessor.test_cfg={pre.test_cfg}: test-time padding '
+                         f'is not part of the exported graph')
+    divisor = getattr(pre, 'pad_size_divisor', 1) or 1
+    pad_h, pad_w = -images.shape[2] % divisor, -images.shape[3] % divisor
+    if pad_h or pad_w:
+        images = F.pad(images, (0, pad_w, 0, pad_h), value=float(pre.pad_value))
+    return images
+
+
+class SegmentorLabelMap(nn.Module):
+    """An mmseg ``EncoderDecoder`` as image -> label map, for export.
+
+    ``forward(images)``: ``(B, 3, H, W)`` float images as loaded (0-255, the
+    channel order the config's data preprocessor expects) -> ``(B, H, W)``
+    int64 labels: normalisation, network, logits resized to the input size
+    (as mmseg's ``predict`` does for whole-image inference) and argmax, all in
+    the graph.
+    """
+
+    def __init__(self, segmentor):
+        super().__init__()
+        self.segmentor = segmentor
+
+    def forward(self, images):
+        seg = self.segmentor
+        logits = seg._forward(_normalise(seg.data_preprocessor, images))
+        logits = F.interpolate(logits, size=images.shape[2:], mode='bilinear',
+                               align_corners=seg.decode_head.align_corners)
+        return logits.argmax(1)
+
+
+class _NonMaxSuppression(torch.autograd.Function):
+    """Per-class NMS that exports as ONNX ``NonMaxSuppression`` (opset >= 10).
+
+    ``boxes (B, N, 4)``, ``scores (B, C, N)`` -> selected ``(M, 3)`` rows of
+    ``(batch, class, box)``, each class's boxes by decreasing score, those with
+    ``score <= score_thr`` dropped: the ONNX operator's contract. The PyTorch
+    side (run while tracing) calls mmcv's NMS, the op mmdet's ``batched_nms``
+    uses, so traced and exported graphs agree.
+    """
+
+    @staticmethod
+    def forward(ctx, boxes, scores, max_per_class, iou_thr, score_thr):
+        from mmcv.ops import nms
+        selected = []
+        for b in range(scores.shape[0]):
+            for c in range(scores.shape[1]):
+                idx = (scores[b, c] > score_thr).nonzero()[:, 0]
+                _, keep = nms(boxes[b, idx], scores[b, c, idx], iou_thr)
+                keep = idx[keep[:max_per_class]]
+                selected.append(torch.stack([torch.full_like(keep, b),
+                                             torch.full_like(keep, c), keep], 1))
+        return torch.cat(selected) if selected else boxes.new_zeros((0, 3), dtype=torch.long)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_per_class, iou_thr, score_thr):
+        def const(value, dtype):
+            return g.op('Constant', value_t=torch.tensor([value], dtype=dtype))
+        return g.op('NonMaxSuppression', boxes, scores, const(max_per_class, torch.long),
+                    const(iou_thr, torch.float), const(score_thr, torch.float))
+
+
+class DetectorEnd2End(nn.Module):
+    """An mmdet single-stage detector as image -> detections, for export.
+
+    ``forward(images)``: ``(B, 3, H, W)`` float images as loaded (0-255, the
+    channel order the data preprocessor expects), already resized by the test
+    pipeline -> ``boxes (B, K, 4)`` (x1, y1, x2, y2 in input pixels),
+    ``scores (B, K)``, ``labels (B, K)`` with ``K = test_cfg.max_per_img``;
+    rows with score 0 are padding. The graph holds the data preprocessor's
+    normalisation and padding, the network, and the post-processing of the
+    head's ``test_cfg`` as mmdet's ``predict_by_feat`` does it: sigmoid
+    scores, per level the ``nms_pre`` best (anchor, class) pairs, box decoding
+    clipped to the image, ``min_bbox_size``, ``score_thr``, class-wise NMS
+    (ONNX ``NonMaxSuppression``), the ``max_per_img`` best. Written for
+    anchor-based heads with sigmoid classification and one box per anchor
+    (RetinaNet); anything else raises.
+    """
+
+    def __init__(self, detector):
+        super().__init__()
+        head = getattr(detector, 'bbox_head', None)
+        if head is None or not hasattr(head, 'prior_generator') or not getattr(
+                head, 'use_sigmoid_cls', False) or getattr(detector, 'with_rpn', False):
+            raise ValueError(f'DetectorEnd2End exports single-stage anchor heads with '
+                             f'sigmoid scores (RetinaNet); got {type(detector).__name__}'
+                             f' with {type(head).__name__}')
+        from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
+        if type(head.bbox_coder) is not DeltaXYWHBBoxCoder or head.bbox_coder.use_box_type:
+            raise ValueError(f'DetectorEnd2End decodes DeltaXYWHBBoxCoder boxes, got '
+                             f'{type(head.bbox_coder).__name__}')
+        cfg = head.test_cfg
+        if cfg.get('nms', {}).get('type', 'nms') != 'nms':
+            raise ValueError(f'only plain NMS exports, got test_cfg.nms={cfg.nms}')
+        self.detector = detector
+
+    def forward(self, images):
+        # mmdet's own decoder; coder.decode() would take its broken ONNX branch when exporting
+        from mmdet.models.task_modules.coders.delta_xywh_bbox_coder import delta2bbox
+        det = self.detector
+        head, cfg = det.bbox_head, det.bbox_head.test_cfg
+        coder = head.bbox_coder
+        h, w = images.shape[2:]
+        x = _normalise(det.data_preprocessor, images)
+        cls_scores, bbox_preds = head(det.extract_feat(x))[:2]
+        priors = head.prior_generator.grid_priors(
+            [c.shape[-2:] for c in cls_scores], dtype=x.dtype, device=x.device)
+        B, C = x.shape[0], head.cls_out_channels
+        boxes, scores, labels = [], [], []
+        for cls, reg, prior in zip(cls_scores, bbox_preds, priors):
+            flat = cls.permute(0, 2, 3, 1).reshape(B, -1).sigmoid()  # (anchor, class) pairs
+            reg = reg.permute(0, 2, 3, 1).reshape(B, -1, 4)
+            nms_pre = cfg.get('nms_pre', -1)
+            k = flat.shape[1] if nms_pre <= 0 else min(nms_pre, flat.shape[1])
+            score, index = flat.topk(k, dim=1)
+            anchor = torch.div(index, C, rounding_mode='floor')
+            delta = reg.gather(1, anchor[..., None].expand(-1, -1, 4))
+            decoded = delta2bbox(prior[anchor].reshape(-1, 4), delta.reshape(-1, 4),
+                                 coder.means, coder.stds, (h, w), clip_border=coder.clip_border,
+                                 add_ctr_clamp=coder.add_ctr_clamp, ctr_clamp=coder.ctr_clamp)
+            boxes.append(decoded.reshape(B, k, 4))
+            scores.append(score)
+            labels.append(index - anchor * C)
+        boxes, scores, labels = torch.cat(boxes, 1), torch.cat(scores, 1), torch.cat(labels, 1)
+        min_size = cfg.get('min_bbox_size', -1)
+        if min_size >= 0:
+            wh = boxes[..., 2:] - boxes[..., :2]
+            scores = scores * ((wh[..., 0] > min_size) & (wh[..., 1] > min_size))
+        per_class = scores.new_zeros((B, C, scores.shape[1])).scatter(
+            1, labels[:, None], scores[:, None])
+        max_per_img = cfg.get('max_per_img', 100)
+        selected = _NonMaxSuppression.apply(boxes, per_class, max_per_img,
+                                            float(cfg.nms.iou_threshold),
+                                            float(cfg.get('score_thr', 0.)))
+        batch, box = selected[:, 0], selected[:, 2]
+        kept = scores.new_zeros(scores.shape).index_put((batch, box), scores[batch, box])
+        top, index = kept.topk(min(max_per_img, kept.shape[1]), dim=1)
+        return (boxes.gather(1, index[..., None].expand(-1, -1, 4)), top,
+                labels.gather(1, index))
+
+
+def box_iou(a, b):
+    """IoU matrix of ``(N, 4)`` and ``(M, 4)`` x1y1x2y2 boxes."""
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_a, area_b = (a[:, 2:] - a[:, :2]).prod(-1), (b[:, 2:] - b[:, :2]).prod(-1)
+    return inter / (area_a[:, None] + area_b[None] - inter).clamp(min=1e-12)
+
+
+def match_detections(reference, detections, iou=0.99, score_tol=1e-3):
+    """Fraction of ``reference`` detections found in ``detections``.
+
+    Both are ``(boxes (N, 4), scores (N,), labels (N,))``. A reference box is
+    found when a detection of the same label overlaps it by IoU >= ``iou``
+    with a score within ``score_tol``; each detection is used once.
+    """
+    ref_boxes, ref_scores, ref_labels = (torch.as_tensor(t) for t in reference)
+    boxes, scores, labels = (torch.as_tensor(t) for t in detections)
+    if len(ref_boxes) == 0:
+        return 1.0 if len(boxes) == 0 else 0.0
+    ious = box_iou(ref_boxes, boxes) if len(boxes) else torch.zeros(len(ref_boxes), 0)
+    ok = ((ious >= iou) & (ref_labels.long()[:, None] == labels.long()[None])
+          & ((ref_scores.double()[:, None] - scores.double()[None]).abs() <= score_tol))
+    used, found = set(), 0
+    for i in range(len(ref_boxes)):
+        for j in ok[i].nonzero()[:, 0].tolist():
+            if j not in used:
+                used.add(j)
+                found += 1
+                break
+    return found / len(ref_boxes)
+
+
+def export_onnx(module, example, path, dynamo=True, output_names=None, dynamic_batch=False):
+    """Export ``module`` called on the tensor ``example`` to ``path``.
+
+    Shapes are static, except the batch with ``dynamic_batch``.
+    ``dynamo=True`` (torch's default since 2.9) uses the ``torch.export``
+    exporter, the one PyTorch maintains; ``dynamo=False`` the deprecated
+    TorchScript exporter, faster to run and kept as a fallback. Both were
+    checked to give the same outputs for CAS-ViT and Semantic FPN. Whole
+    detectors need ``dynamo=False``: their NMS is a PyTorch autograd function
+    with an ONNX symbolic, which only the TorchScript exporter honours.
+    """
+    import warnings
+    module = module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        kwargs = dict(dynamo=dynamo, input_names=['images'], output_names=output_names)
+        if dynamo:
+            kwargs['verbose'] = False
+        if dynamic_batch:
+            names = ['images'] + list(output_names or [])
+            kwargs['dynamic_axes'] = {name: {0: 'batch'} for name in names}
+        if not dynamo:
+            kwargs['opset_version'] = 17
+        torch.onnx.export(module, (example, ), path, **kwargs)
+    return path
+
+
+def onnxruntime_session(path, threads=None, spinning=True):
+    """An onnxruntime CPU session with ``threads`` intra-op threads (all graph
+    optimisations on); ``threads=None`` keeps onnxruntime's default.
+
+    ``spinning=False`` stops idle onnxruntime threads from busy-waiting after
+    a run, which would steal the CPU from whatever runs next in the process
+    (the benchmark interleaves it with PyTorch).
+    """
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+
+
+def run_onnxruntime(session, images):
+    """Run ``session`` on a tensor; returns the list of numpy outputs."""
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: images.detach().cpu().contiguous().numpy()})
+
+
+def openvino_model(path, threads=None):
+    """The ONNX file compiled by OpenVINO (optional: ``pip install openvino``) for
+    the CPU in float32 (OpenVINO would pick bf16 on CPUs that have it), with
+    ``threads`` inference threads (None: OpenVINO's default)."""
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise ImportError('running ONNX files in OpenVINO needs it: pip install openvino') from e
+    config = {'INFERENCE_PRECISION_HINT': 'f32'}
+    if threads is not None:
+        config['INFERENCE_NUM_THREADS'] = threads
+    core = ov.Core()
+    return core.compile_model(core.read_model(path), 'CPU', config)
+
+
+def run_openvino(model, images):
+    """Run a compiled OpenVINO model on a tensor; returns the list of numpy outputs."""
+    return list(model([images.detach().cpu().contiguous().numpy()]).values())

@@ -1,0 +1,5 @@
+_base_ = ['../toy/mask_rcnn_casvit_xs_toy-shapes.py']
+
+# The fused inference model (see docs/deploy.md): loads a checkpoint written by
+# tools/model_converters/casvit_reparameterize.py from the config above.
+model = dict(backbone=dict(deploy=True))
