@@ -1,6 +1,7 @@
 """ONNX round trips: the deployed backbone, whole RetinaNet (image -> boxes,
-scores, labels after NMS) and Semantic FPN (image -> label map) export, and
-onnxruntime reproduces what the PyTorch models in eval mode predict."""
+scores, labels after NMS), whole Mask R-CNN (image -> boxes, scores, labels,
+masks) and Semantic FPN (image -> label map) export, and onnxruntime
+reproduces what the PyTorch models in eval mode predict."""
 import copy
 import glob
 import os
@@ -19,14 +20,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from casvit_mm import CASViT
 from casvit_mm.apis import build_model, relative_error
 from casvit_mm.models.fusion import switch_model_to_deploy
-from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap, export_onnx,
-                                   match_detections, onnxruntime_session, openvino_model,
-                                   run_onnxruntime, run_openvino)
+from casvit_mm.onnx_export import (DetectorEnd2End, MaskRCNNEnd2End, SegmentorLabelMap,
+                                   _RoIAlign, export_onnx, match_detections, matched_pairs,
+                                   onnxruntime_session, openvino_model, run_onnxruntime,
+                                   run_openvino)
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOL = 1e-4
 RETINA_TOY = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'
+MASK_RCNN_TOY = 'configs/detection/toy/mask_rcnn_casvit_xs_toy-shapes.py'
 
 
 def randomize_bn(module, seed=0):
@@ -108,10 +111,87 @@ def test_retinanet_end_to_end(toy_retinanet, tmp_path):
         assert keep.sum() == len(ref.scores)
 
 
+@pytest.mark.parametrize('aligned', [True, False])
+@pytest.mark.parametrize('sampling_ratio', [0, 2])
+def test_roi_align_matches_mmcv(aligned, sampling_ratio, tmp_path):
+    """The exported RoIAlign (ONNX RoiAlign, opset 17) computes mmcv's op,
+    boxes smaller than a feature pixel and reaching past the border included."""
+    from mmcv.ops import roi_align
+
+    class Op(torch.nn.Module):
+        def forward(self, feats):
+            return _RoIAlign.apply(feats, rois[:, 1:], rois[:, 0].long(), (7, 7), 0.25,
+                                   sampling_ratio, 'avg', aligned)
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 8, 24, 32, generator=g)
+    xy = torch.rand(40, 2, generator=g) * torch.tensor([140., 110.]) - 6
+    wh = torch.rand(40, 2, generator=g) ** 3 * 80 + 0.5
+    rois = torch.cat([torch.arange(40)[:, None] % 2, xy, xy + wh], 1).float()
+    path = export_onnx(Op(), feats, str(tmp_path / 'roi_align.onnx'), dynamo=False)
+    out = run_onnxruntime(onnxruntime_session(path, threads=1), feats)[0]
+    reference = roi_align(feats, rois, (7, 7), 0.25, sampling_ratio, 'avg', aligned)
+    assert relative_error([reference], [out]) < TOL
+
+
+def test_mask_rcnn_end_to_end(tmp_path):
+    """Image -> boxes, scores, labels and masks pasted into the image, with a
+    dynamic batch: the exported deployed Mask R-CNN finds every detection of
+    mmdet's test_step (same label, IoU >= 0.99, score within 1e-3), and the
+    masks of those detections agree on >= 99 % of the pixels.
+
+    Seeded random weights, not training (a Mask R-CNN takes minutes on a
+    loaded CPU): the classifiers of the RPN, box and mask heads get std-0.1
+    weights, so that scores and mask logits
+    spread instead of all sitting at the same value, where any top-k or the
+    0.5 mask threshold would be a coin toss between float roundings; not
+    more, or box scores saturate at 1.0 and tie again."""
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(osp.join(REPO, MASK_RCNN_TOY)))
+    g = torch.Generator().manual_seed(0)
+    for layer in (model.rpn_head.rpn_cls, model.roi_head.bbox_head.fc_cls,
+                  model.roi_head.mask_head.conv_logits):
+        torch.nn.init.normal_(layer.weight, std=0.1, generator=g)
+    toy = make_toy_coco(str(tmp_path / 'toy_coco'), num_train=1, num_val=2, image_size=96,
+                        seed=0)
+    images = torch.stack([torch.from_numpy(cv2.imread(p)).permute(2, 0, 1) for p in
+                          sorted(glob.glob(osp.join(toy['val_img_dir'], '*.jpg')))])
+    H, W = images.shape[2:]
+    samples = [DetDataSample(metainfo=dict(img_shape=(H, W), ori_shape=(H, W),
+                                           scale_factor=(1., 1.))) for _ in images]
+    with torch.no_grad():
+        reference = [r.pred_instances for r in
+                     model.test_step(dict(inputs=list(images), data_samples=samples))]
+    assert min(len(r.scores) for r in reference) >= 20  # a real comparison, not 0 == 0
+
+    wrapper = MaskRCNNEnd2End(switch_model_to_deploy(copy.deepcopy(model)))
+    path = export_onnx(wrapper, images[:1].float(), str(tmp_path / 'mask_rcnn.onnx'),
+                       dynamo=False, output_names=['boxes', 'scores', 'labels', 'masks'],
+                       dynamic_batch=True)
+    boxes, scores, labels, masks = run_onnxruntime(onnxruntime_session(path, threads=1),
+                                                   images.float())  # 2 images, exported with 1
+    assert masks.shape == (len(images), 100, H, W) and masks.dtype == bool
+    equal, total = 0, 0
+    for b, ref in enumerate(reference):
+        keep = scores[b] > 0  # the rest is padding
+        assert keep.sum() == len(ref.scores)
+        pairs = matched_pairs((ref.bboxes, ref.scores, ref.labels),
+                              (boxes[b][keep], scores[b][keep], labels[b][keep]))
+        assert len(pairs) >= 0.99 * len(ref.scores), f'image {b}: {len(pairs)} found'
+        ref_masks = ref.masks[[i for i, _ in pairs]]
+        onnx_masks = torch.from_numpy(masks[b][keep][[j for _, j in pairs]])
+        assert 0.01 < ref_masks.double().mean() < 0.99  # masks, not empty or full planes
+        equal += int((ref_masks == onnx_masks).sum())
+        total += ref_masks.numel()
+    assert equal / total >= 0.99, f'{equal / total:.4%} of mask pixels agree'
+
+
 def test_detector_wrapper_refuses_what_it_does_not_export():
     model = build_model(osp.join(REPO, 'configs/detection/mask_rcnn_casvit_xs.py'))
     with pytest.raises(ValueError, match='single-stage'):
         DetectorEnd2End(model)
+    with pytest.raises(ValueError, match='Mask R-CNN'):
+        MaskRCNNEnd2End(build_model(osp.join(REPO, RETINA_TOY)))
 
 
 def test_semantic_fpn_label_map(tmp_path):

@@ -13,9 +13,12 @@ What is exported (image size fixed; batch dynamic for the whole models):
                       preprocessor's normalisation and padding inside
                       (check: every detection of mmdet's test_step found,
                       same label, IoU >= 0.99, score within 1e-3);
+                      for a Mask R-CNN config: the same plus masks
+                      (B, 100, H, W) bool pasted into the image (check: as
+                      for RetinaNet, and >= 99 % of the mask pixels of the
+                      matched detections equal);
                       for a segmentation config: images as loaded -> label
                       map (B, H, W) (check: >= 99.9 % of pixels equal)
-Mask R-CNN configs export the backbone only (see docs/deploy.md).
 
 Examples:
   python tools/deployment/export_onnx.py configs/detection/retinanet_casvit_m.py \\
@@ -35,9 +38,9 @@ import torch
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
 from casvit_mm import CASViT  # noqa: E402
 from casvit_mm.apis import build_model, relative_error  # noqa: E402
-from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap,  # noqa: E402
-                                   export_onnx, match_detections, onnxruntime_session,
-                                   run_onnxruntime)
+from casvit_mm.onnx_export import (DetectorEnd2End, MaskRCNNEnd2End,  # noqa: E402
+                                   SegmentorLabelMap, export_onnx, matched_pairs,
+                                   onnxruntime_session, run_onnxruntime)
 from casvit_mm.models.fusion import switch_model_to_deploy  # noqa: E402
 
 
@@ -102,28 +105,39 @@ def check_segmentor(name, model, image, out_dir, args):
 
 
 def check_detector(name, model, image, out_dir):
-    """Image -> detections after NMS (TorchScript exporter: the NMS needs it)."""
+    """Image -> detections after NMS, and masks for Mask R-CNN (TorchScript
+    exporter: the NMS needs it)."""
     from mmdet.structures import DetDataSample
     path = osp.join(out_dir, f'{name}.onnx')
-    deployed = DetectorEnd2End(switch_model_to_deploy(copy.deepcopy(model)))
+    with_mask = getattr(model, 'with_rpn', False)
+    wrapper = MaskRCNNEnd2End if with_mask else DetectorEnd2End
+    deployed = wrapper(switch_model_to_deploy(copy.deepcopy(model)))
     export_onnx(deployed, image, path, dynamo=False, dynamic_batch=True,
-                output_names=['boxes', 'scores', 'labels'])
-    boxes, scores, labels = run_onnxruntime(onnxruntime_session(path), image)
+                output_names=['boxes', 'scores', 'labels'] + ['masks'] * with_mask)
+    outputs = run_onnxruntime(onnxruntime_session(path), image)
+    boxes, scores, labels = outputs[:3]
     h, w = image.shape[2:]
     samples = [DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
                                            scale_factor=(1., 1.))) for _ in image]
     with torch.no_grad():
         results = model.test_step(dict(inputs=list(image), data_samples=samples))
-    found, total = 0., 0
+    found, total, mask_equal, mask_total = 0, 0, 0, 0
     for b, result in enumerate(results):
         ref, keep = result.pred_instances, scores[b] > 0
-        found += match_detections((ref.bboxes, ref.scores, ref.labels),
-                                  (boxes[b][keep], scores[b][keep], labels[b][keep])) * len(ref)
-        total += len(ref)
-    ok = found >= 0.99 * total
-    print(f'{"OK  " if ok else "FAIL"} {path}: boxes, scores, labels ({boxes.shape[1]} per '
-          f'image, score 0 = padding); {int(found)} of the {total} detections of PyTorch eval '
-          f'found (same label, IoU >= 0.99, score within 1e-3)', flush=True)
+        pairs = matched_pairs((ref.bboxes, ref.scores, ref.labels),
+                              (boxes[b][keep], scores[b][keep], labels[b][keep]))
+        found, total = found + len(pairs), total + len(ref)
+        if with_mask and pairs:
+            masks = torch.from_numpy(outputs[3][b][keep][[j for _, j in pairs]])
+            mask_equal += int((ref.masks[[i for i, _ in pairs]] == masks).sum())
+            mask_total += masks.numel()
+    ok = found >= 0.99 * total and mask_equal >= 0.99 * mask_total
+    masks = ('' if not with_mask else '; no masks to compare' if not mask_total else
+             f'; {mask_equal / mask_total:.2%} of their mask pixels equal (needed: 99 %)')
+    names = ', '.join(('boxes', 'scores', 'labels', 'masks')[:len(outputs)])
+    print(f'{"OK  " if ok else "FAIL"} {path}: {names} ({boxes.shape[1]} per image, score 0 = '
+          f'padding); {found} of the {total} detections of PyTorch eval found (same label, '
+          f'IoU >= 0.99, score within 1e-3){masks}', flush=True)
     return ok
 
 
@@ -153,8 +167,7 @@ def main():
     image = torch.rand(args.batch, 3, *args.shape) * 255  # as loaded: 0-255
     if model is not None and hasattr(model, 'decode_head'):
         ok = check_segmentor(name, model, image, args.out_dir, args) and ok
-    elif model is not None and hasattr(model, 'bbox_head') and not getattr(model, 'with_rpn',
-                                                                           False):
+    elif model is not None and (hasattr(model, 'bbox_head') or hasattr(model, 'roi_head')):
         ok = check_detector(name, model, image.round(), args.out_dir) and ok
     elif model is not None:
         print(f'{type(model).__name__}: only the backbone is exported (see docs/deploy.md)')
