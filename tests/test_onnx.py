@@ -23,8 +23,8 @@ from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap, export_on
                                    match_detections, onnxruntime_session, openvino_model,
                                    run_onnxruntime, run_openvino)
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
+from conftest import REPO
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOL = 1e-4
 RETINA_TOY = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'
 
