@@ -222,8 +222,7 @@ def test_inferencer_and_demo_classify_an_image(trained, toy_imagenet, capsys):
     assert sum(result['pred_scores']) == pytest.approx(1, abs=1e-4)
 
     argv = sys.argv
-    sys.argv = ['cls_demo.py', image, '--config', osp.join(REPO, TOY),
-                '--checkpoint', str(trained)]
+    sys.argv = ['cls_demo.py', image, osp.join(REPO, TOY), '--weights', str(trained)]
     try:
         runpy.run_path(osp.join(REPO, 'demo', 'cls_demo.py'), run_name='__main__')
     finally:

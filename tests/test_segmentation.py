@@ -272,7 +272,8 @@ def test_inferencer_and_demo_write_an_overlay(trained, toy_ade, tmp_path):
 
     out = tmp_path / 'overlay.png'
     argv = sys.argv
-    sys.argv = ['seg_demo.py', image, osp.join(REPO, TOY), str(trained), '--out', str(out)]
+    sys.argv = ['seg_demo.py', image, osp.join(REPO, TOY), '--weights', str(trained),
+                '--out', str(out)]
     try:
         runpy.run_path(osp.join(REPO, 'demo', 'seg_demo.py'), run_name='__main__')
     finally:
