@@ -4,7 +4,7 @@ The paper's GFLOPs are what ``thop`` reports: multiply-accumulates of conv and
 linear layers (no bias term), plus 4 operations per element for an affine
 BatchNorm and the pooling arithmetic of adaptive average pooling; activations, dropout and functional
 element-wise ops count nothing. mmengine's / fvcore's counters skip BN and pooling
-and give slightly lower numbers (REFERENCE.md lists both); this module counts the
+and give slightly lower numbers than the paper's table; this module counts the
 paper's way with forward hooks, so it works on any ``nn.Module`` -- a bare
 backbone, a classifier, a detector or a segmentor -- with no extra dependency.
 """

@@ -12,31 +12,22 @@ MODEL_SCOPES = ('mmpretrain', 'mmdet', 'mmseg')
 REGISTERED_SCOPES = []
 
 
-def _registry(scope, name):
+def registry_of(scope, name):
+    """The registry ``name`` (e.g. ``'MODELS'``) of codebase ``scope``, or None
+    when that codebase is not installed."""
     try:
         return getattr(importlib.import_module(f'{scope}.registry'), name)
     except ImportError:
         return None
 
 
-def register_all(models=(), transforms=None):
-    """Register ``models`` in every MODELS registry, ``transforms`` as given.
-
-    Args:
-        models (Iterable[type]): classes for the MODELS registries.
-        transforms (dict[str, Iterable[type]]): scope -> classes for that
-            scope's TRANSFORMS registry.
-    """
+def register_all(models=()):
+    """Register ``models`` (classes) in the MODELS registry of every codebase."""
     for scope in MODEL_SCOPES:
-        registry = _registry(scope, 'MODELS')
+        registry = registry_of(scope, 'MODELS')
         if registry is None:
             continue
         for cls in models:
             registry.register_module(module=cls, force=True)
         if scope not in REGISTERED_SCOPES:
             REGISTERED_SCOPES.append(scope)
-    for scope, classes in (transforms or {}).items():
-        registry = _registry(scope, 'TRANSFORMS')
-        if registry is not None:
-            for cls in classes:
-                registry.register_module(module=cls, force=True)

@@ -5,7 +5,9 @@ pipeline, Resize + ResizeToMultiple(32) included); this script only imports
 ``casvit_mm``, writes the painted picture where asked and prints how much of
 the image each class covers.
 
-    python demo/seg_demo.py IMAGE CONFIG CHECKPOINT [--out outputs/seg_overlay.png]
+    python demo/seg_demo.py IMAGE CONFIG --weights CHECKPOINT [--out outputs/seg_overlay.png]
+
+The arguments follow mmdet's ``demo/image_demo.py``, as the other two demos do.
 """
 import argparse
 import os.path as osp
@@ -18,7 +20,7 @@ def main():
     parser.add_argument('image', help='an image file')
     parser.add_argument('config', help='a segmentation config, e.g. '
                         'configs/segmentation/fpn_casvit_xs_toy.py')
-    parser.add_argument('checkpoint', help='checkpoint of that config')
+    parser.add_argument('--weights', required=True, help='checkpoint of that config')
     parser.add_argument('--out', default='outputs/seg_overlay.png',
                         help='where the overlay image is written')
     parser.add_argument('--opacity', type=float, default=0.5,
@@ -26,7 +28,7 @@ def main():
     parser.add_argument('--device', default='cpu', help='e.g. cpu or cuda:0')
     args = parser.parse_args()
     for path, what in ((args.image, 'image'), (args.config, 'config'),
-                       (args.checkpoint, 'checkpoint')):
+                       (args.weights, 'checkpoint')):
         if not osp.isfile(path):
             raise SystemExit(f'{what} {path!r} does not exist.')
 
@@ -34,7 +36,7 @@ def main():
     import numpy as np
     from mmseg.apis import MMSegInferencer
 
-    inferencer = MMSegInferencer(model=args.config, weights=args.checkpoint,
+    inferencer = MMSegInferencer(model=args.config, weights=args.weights,
                                  device=args.device)
     result = inferencer(args.image, return_vis=True, opacity=args.opacity)
     # One image in, so one painted image (RGB) and one label map out.

@@ -11,7 +11,7 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
-ARCHS = {  # REFERENCE.md, "Architecture"
+ARCHS = {  # the paper's architecture table
     'xs': ([2, 2, 4, 2], [48, 56, 112, 220]),
     's': ([3, 3, 6, 3], [48, 64, 128, 256]),
     'm': ([3, 3, 6, 3], [64, 96, 192, 384]),

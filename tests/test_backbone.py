@@ -196,7 +196,7 @@ def test_drop_path_schedule_is_linear_over_all_blocks():
 
 
 def test_block_order_local_integration_then_mixer_then_mlp():
-    """REFERENCE.md's order; the reference comparison in test_checkpoint covers it too."""
+    """The paper's order; the reference comparison in test_checkpoint covers it too."""
     torch.manual_seed(0)
     block = AdditiveBlock(8).eval()
     x = torch.rand(1, 8, 6, 6)

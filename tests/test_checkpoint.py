@@ -12,9 +12,9 @@ from mmengine.logging import MessageHub
 from casvit_mm import CASViT
 from casvit_mm.checkpoint import (CheckpointError, UnsafeCheckpointError, convert_official,
                                   load_backbone_checkpoint, to_backbone, to_mmpretrain)
+from conftest import REPO
 from reference_casvit import official_forward, official_state_dict
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build(arch, path, prefix=None, **kwargs):

@@ -2,11 +2,9 @@
 weights giving the official logits, the toy image-folder set, train -> test
 through tools/, the inferencer and the demo."""
 import glob
-import json
 import os.path as osp
 import pickle
 import runpy
-import subprocess
 import sys
 
 import numpy as np
@@ -20,9 +18,9 @@ from PIL import Image
 from casvit_mm import CASViT
 from casvit_mm.checkpoint import to_mmpretrain
 from casvit_mm.toy_data.imagenet import TOY_IMAGENET_CLASSES, make_toy_imagenet
+from conftest import REPO, read_metrics, run_tool
 from reference_casvit import official_forward, official_state_dict
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY = 'configs/classification/casvit_xs_toy.py'
 ARCHS = ('xs', 's', 'm', 't')
 WIDTHS = {a: CASViT.arch_settings[a]['widths'] for a in ARCHS}
@@ -44,22 +42,6 @@ def images(batch=2, size=64, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
             for _ in range(batch)]
-
-
-def run(*args):
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, (f'{args[0]} failed:\n{proc.stdout[-4000:]}\n'
-                                  f'{proc.stderr[-4000:]}')
-    return proc.stdout + proc.stderr
-
-
-def read_metrics(work_dir):
-    """The metrics tools/test.py wrote (work_dir/<timestamp>/<timestamp>.json)."""
-    files = [p for p in glob.glob(osp.join(work_dir, '*', '*.json'))
-             if osp.basename(p)[:-5] == osp.basename(osp.dirname(p))]
-    assert files, f'no metrics json under {work_dir}'
-    return json.load(open(sorted(files)[-1]))
 
 
 # ------------------------------------------------------------------ configs
@@ -145,7 +127,7 @@ def test_converter_tool_output_loads_into_the_config(tmp_path):
     official = official_state_dict('xs', classifier=True, num_classes=1000, seed=3)
     src, dst = tmp_path / 'cas-vit-xs.pth', tmp_path / 'casvit-xs_in1k.pth'
     torch.save(dict(model=official, epoch=299), src)
-    run('tools/model_converters/casvit_to_mm.py', src, dst)
+    run_tool('tools/model_converters/casvit_to_mm.py', src, dst)
     model = build(load('configs/classification/casvit_xs_in1k.py'))
     load_checkpoint(model, str(dst), map_location='cpu', strict=True)
     model.eval()
@@ -207,8 +189,8 @@ def toy_options(toy_imagenet, **extra):
 def trained(toy_imagenet, tmp_path_factory):
     """tools/train.py on the toy config for 2 epochs of 4 iterations; the checkpoint."""
     work = tmp_path_factory.mktemp('cls_work')
-    out = run('tools/train.py', TOY, '--work-dir', work, '--cfg-options',
-              *toy_options(toy_imagenet, **{'train_cfg.max_epochs': 2}))
+    out = run_tool('tools/train.py', TOY, '--work-dir', work, '--cfg-options',
+                   *toy_options(toy_imagenet, **{'train_cfg.max_epochs': 2}))
     assert 'Epoch(train) [2][4/4]' in out and 'accuracy/top1' in out  # trained, validated
     ckpt = work / 'epoch_2.pth'
     assert ckpt.is_file()
@@ -217,8 +199,8 @@ def trained(toy_imagenet, tmp_path_factory):
 
 def test_train_then_test_through_tools(trained, toy_imagenet, tmp_path):
     work, pkl = tmp_path / 'test', tmp_path / 'preds.pkl'
-    run('tools/test.py', TOY, trained, '--work-dir', work, '--out', pkl,
-        '--cfg-options', *toy_options(toy_imagenet))
+    run_tool('tools/test.py', TOY, trained, '--work-dir', work, '--out', pkl,
+             '--cfg-options', *toy_options(toy_imagenet))
     top1 = read_metrics(work)['accuracy/top1']
     assert 0. <= top1 <= 100.
     preds = pickle.load(open(pkl, 'rb'))
@@ -240,8 +222,7 @@ def test_inferencer_and_demo_classify_an_image(trained, toy_imagenet, capsys):
     assert sum(result['pred_scores']) == pytest.approx(1, abs=1e-4)
 
     argv = sys.argv
-    sys.argv = ['cls_demo.py', image, '--config', osp.join(REPO, TOY),
-                '--checkpoint', str(trained)]
+    sys.argv = ['cls_demo.py', image, osp.join(REPO, TOY), '--weights', str(trained)]
     try:
         runpy.run_path(osp.join(REPO, 'demo', 'cls_demo.py'), run_name='__main__')
     finally:

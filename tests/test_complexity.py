@@ -1,5 +1,4 @@
 """The complexity tool reproduces the paper's table and counts whole models from configs."""
-import os
 import subprocess
 import sys
 import textwrap
@@ -8,10 +7,10 @@ import pytest
 import torch
 
 from casvit_mm.complexity import CASViTClassifier, count_flops, count_params
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# REFERENCE.md: params of the classifier (both heads), paper GFLOPs at 224x224
+# The paper: params of the classifier (both heads), paper GFLOPs at 224x224
 PAPER = {'xs': (3.20, 0.560), 's': (5.76, 0.932), 'm': (12.42, 1.887), 't': (21.76, 3.597)}
 
 

@@ -25,8 +25,8 @@ from casvit_mm import CASViT
 from casvit_mm.apis import build_model, deploy_config, relative_error, reparameterize
 from casvit_mm.models.casvit import AdditiveBlock
 from casvit_mm.models.fusion import switch_model_to_deploy, use_fused_kernels
+from conftest import REPO
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOL = 1e-4
 DEPLOY_CONFIGS = sorted(osp.relpath(p, REPO)
                         for p in glob.glob(osp.join(REPO, 'configs', '*', 'deploy', '*.py')))

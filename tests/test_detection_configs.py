@@ -15,8 +15,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from casvit_mm.checkpoint import CheckpointError
 from casvit_mm import CASViT
+from conftest import REPO
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET = osp.join(REPO, 'configs', 'detection')
 SIZES = ('xs', 's', 'm', 't')
 REAL = [f'{det}_casvit_{size}.py' for det in ('retinanet', 'mask_rcnn') for size in SIZES]

@@ -16,8 +16,8 @@ from mmengine.config import Config
 from casvit_mm.checkpoint import safe_load
 from casvit_mm.engine import setup_cpu_distributed
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
+from conftest import REPO
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 RETINA = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'
 
 

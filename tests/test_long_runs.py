@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from functools import partial
 
 import pytest
 import torch
@@ -20,28 +21,11 @@ import torch
 from casvit_mm.checkpoint import safe_load
 from casvit_mm.engine import EXIT_DIVERGED, EXIT_PREEMPTED
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
+from conftest import ONE_THREAD, REPO, RETINA, logged_steps, toy_train_options
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-RETINA = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'
 # Deterministic CPU training (as the SIGKILL test of test_reliability.py).
-ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-
-
-@pytest.fixture(scope='module')
-def toy(tmp_path_factory):
-    """8 training and 4 validation images of 64 px."""
-    root = tmp_path_factory.mktemp('long_coco')
-    return make_toy_coco(str(root), num_train=8, num_val=4, image_size=64, seed=0)
-
-
-def train_options(toy, **extra):
-    """--cfg-options for a short deterministic toy RetinaNet run."""
-    opts = cfg_options(toy['root']) + [
-        'default_hooks.logger.interval=1', 'train_dataloader.batch_size=2',
-        'randomness.seed=0', 'randomness.deterministic=True']
-    for loader in ('train_dataloader', 'test_dataloader'):
-        opts += [f'{loader}.num_workers=0', f'{loader}.persistent_workers=False']
-    return opts + [f'{k}={v}' for k, v in extra.items()]
+ENV = ONE_THREAD
+train_options = partial(toy_train_options, deterministic=True)
 
 
 def train(work, opts, *flags, check=None):
@@ -70,12 +54,6 @@ def tensors(obj, prefix=''):
 def non_finite(path):
     return [k for k, v in tensors(safe_load(path))
             if v.is_floating_point() and not torch.isfinite(v).all()]
-
-
-def logged_steps(work_dir):
-    """Training iterations logged by each run in work_dir, oldest run first."""
-    runs = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
-    return [[r['step'] for r in map(json.loads, open(p)) if 'loss' in r] for p in runs]
 
 
 def latest(work):

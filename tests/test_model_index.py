@@ -12,12 +12,12 @@ from mmengine.registry import DefaultScope
 import casvit_mm  # noqa: F401  (adds the model index)
 from casvit_mm.checkpoint import to_mmpretrain
 from casvit_mm.model_index import MIM_DIR, config_of, model_names
+from conftest import REPO
 from reference_casvit import official_forward, official_state_dict
 from test_official_checkpoints import config_path, official_file
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CLASSIFIERS = [f'casvit-{a}_3rdparty_in1k' for a in ('m', 's', 't', 'xs')]
-# REFERENCE results: box AP, mask AP, mIoU, lower ImageNet top-1
+# The official implementation's results: box AP, mask AP, mIoU, lower ImageNet top-1
 OFFICIAL = {
     'retinanet_casvit-xs_fpn_1x_coco': {'box AP': 36.5},
     'retinanet_casvit-t_fpn_1x_coco': {'box AP': 41.9},

@@ -22,9 +22,9 @@ import casvit_mm  # noqa: F401  (registers CASViT and the safe loader)
 from casvit_mm.checkpoint import CheckpointError, UnsafeCheckpointError, safe_loader_is_registered
 from casvit_mm.apis import build_model
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
+from conftest import REPO
 from reference_casvit import official_forward, official_state_dict
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = {
     'retinanet': 'configs/detection/retinanet_casvit_{arch}.py',
     'mask_rcnn': 'configs/detection/mask_rcnn_casvit_{arch}.py',

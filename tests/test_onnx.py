@@ -25,8 +25,8 @@ from casvit_mm.onnx_export import (DetectorEnd2End, MaskRCNNEnd2End, SegmentorLa
                                    onnxruntime_session, openvino_model, run_onnxruntime,
                                    run_openvino)
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
+from conftest import REPO
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOL = 1e-4
 RETINA_TOY = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'
 MASK_RCNN_TOY = 'configs/detection/toy/mask_rcnn_casvit_xs_toy-shapes.py'

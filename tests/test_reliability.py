@@ -1,4 +1,4 @@
-"""Reliability (issue 6): a missing data root, odd image sizes in all three
+"""Reliability: a missing data root, odd image sizes in all three
 tasks, atomic checkpoints under a kill during a save, SIGKILL + --resume giving
 the weights of an uninterrupted run, --amp on the CPU and mmengine's compile.
 
@@ -7,7 +7,6 @@ that code lives (tests/test_backbone.py, tests/test_checkpoint.py); the README
 section "Reliability" maps every row to its test.
 """
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -15,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import pytest
@@ -26,36 +26,19 @@ from casvit_mm.checkpoint import safe_load
 from casvit_mm.engine import CPUAmpOptimWrapper, atomic_write, use_atomic_checkpoints
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
 from casvit_mm.utils import DataRootError, check_data_paths, missing_data_paths
+from conftest import (MASK, ONE_THREAD, REPO, RETINA, logged_steps, run_tool, run_tool_in_process,
+                      toy_train_options)
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-RETINA = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'
-MASK = 'configs/detection/toy/mask_rcnn_casvit_xs_toy-shapes.py'
 SEG = 'configs/segmentation/fpn_casvit_xs_toy.py'
 CLS = 'configs/classification/casvit_xs_toy.py'
 # Deterministic CPU training: fixed seed, deterministic algorithms, one thread
 # (set in the environment of every subprocess below).
-ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+ENV = ONE_THREAD
+train_options = partial(toy_train_options, deterministic=True)
 
 
 def load(path):
     return Config.fromfile(osp.join(REPO, path))
-
-
-@pytest.fixture(scope='module')
-def toy(tmp_path_factory):
-    """8 training and 4 validation images of 64 px."""
-    root = tmp_path_factory.mktemp('rel_coco')
-    return make_toy_coco(str(root), num_train=8, num_val=4, image_size=64, seed=0)
-
-
-def train_options(toy, **extra):
-    """--cfg-options for a short deterministic toy RetinaNet run."""
-    opts = cfg_options(toy['root']) + [
-        'default_hooks.logger.interval=1', 'train_dataloader.batch_size=2',
-        'randomness.seed=0', 'randomness.deterministic=True']
-    for loader in ('train_dataloader', 'test_dataloader'):
-        opts += [f'{loader}.num_workers=0', f'{loader}.persistent_workers=False']
-    return opts + [f'{k}={v}' for k, v in extra.items()]
 
 
 def tool(*args):
@@ -64,11 +47,7 @@ def tool(*args):
 
 
 def run(*args):
-    proc = subprocess.run(tool(*args), cwd=REPO, env=ENV, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, (f'{args[0]} failed:\n{proc.stdout[-4000:]}\n'
-                                  f'{proc.stderr[-4000:]}')
-    return proc.stdout + proc.stderr
+    return run_tool(*args, env=ENV)
 
 
 def start_training(config, work, opts):
@@ -78,25 +57,6 @@ def start_training(config, work, opts):
         return subprocess.Popen(tool('tools/train.py', config, '--work-dir', work,
                                      '--cfg-options', *opts),
                                 cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT)
-
-
-def logged_steps(work_dir):
-    """Training iterations logged by each run in work_dir, oldest run first."""
-    runs = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
-    return [[r['step'] for r in map(json.loads, open(p)) if 'loss' in r] for p in runs]
-
-
-def import_tool(name):
-    """tools/<name>.py as a module (under another name: ``test`` is in the stdlib)."""
-    sys.path.insert(0, osp.join(REPO, 'tools'))  # test.py imports its sibling train.py
-    try:
-        spec = importlib.util.spec_from_file_location(
-            f'casvit_rel_tool_{name}', osp.join(REPO, 'tools', f'{name}.py'))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.pop(0)
 
 
 # ------------------------------------------------------------ missing data root
@@ -115,14 +75,12 @@ MISSING_ROOT = [
                          ids=['coco', 'ade20k', 'imagenet'])
 def test_train_with_missing_data_root_shows_the_layout(config, options, layout, tmp_path,
                                                        monkeypatch):
-    train = import_tool('train')
     root = tmp_path / 'nowhere'
     work = tmp_path / 'work'
     argv = [config, '--work-dir', work, '--cfg-options',
             *[o.format(root=root) for o in options]]
-    monkeypatch.setattr(sys, 'argv', ['train.py', *map(str, argv)])
     with pytest.raises(SystemExit) as err:
-        train.main()
+        run_tool_in_process('train', argv, monkeypatch)
     message = str(err.value)
     assert f'train_dataloader.dataset: {root}' in message
     for part in layout:
@@ -132,15 +90,13 @@ def test_train_with_missing_data_root_shows_the_layout(config, options, layout, 
 
 
 def test_test_tool_with_missing_data_root(toy, tmp_path, monkeypatch):
-    test = import_tool('test')
     ckpt = tmp_path / 'model.pth'
     ckpt.write_bytes(b'not used: the data check comes first')
     ann = tmp_path / 'instances_val2017.json'
     argv = [RETINA, ckpt, '--work-dir', tmp_path / 'work', '--cfg-options',
             *cfg_options(toy['root']), f'test_evaluator.ann_file={ann}']
-    monkeypatch.setattr(sys, 'argv', ['test.py', *map(str, argv)])
     with pytest.raises(SystemExit, match=f'test_evaluator.ann_file: {ann}'):
-        test.main()
+        run_tool_in_process('test', argv, monkeypatch)
 
 
 def test_data_check_names_exactly_what_is_missing(toy, tmp_path):

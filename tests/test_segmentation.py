@@ -2,11 +2,9 @@
 of 32, the toy ADE20K set, train -> test through tools/, the inferencer and
 demo, and CAS-ViT dropped into a stock mmseg config (UPerNet) from the README."""
 import glob
-import json
 import os.path as osp
 import re
 import runpy
-import subprocess
 import sys
 
 import mmcv
@@ -22,8 +20,8 @@ from PIL import Image
 from casvit_mm import CASViT
 from casvit_mm.checkpoint import CheckpointError
 from casvit_mm.toy_data.ade import TOY_ADE_CLASSES, make_toy_ade
+from conftest import REPO, read_metrics, run_tool
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY = 'configs/segmentation/fpn_casvit_xs_toy.py'
 ARCHS = ('xs', 's', 'm', 't')
 WIDTHS = {a: CASViT.arch_settings[a]['widths'] for a in ARCHS}
@@ -61,22 +59,6 @@ def toy_ade(tmp_path_factory):
     """8 training and 4 validation images of 96 x 72, generated once."""
     root = str(tmp_path_factory.mktemp('toy_ade'))
     return make_toy_ade(root, num_train=8, num_val=4, size=(96, 72), seed=0)
-
-
-def run(*args):
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, (f'{args[0]} failed:\n{proc.stdout[-4000:]}\n'
-                                  f'{proc.stderr[-4000:]}')
-    return proc.stdout + proc.stderr
-
-
-def read_metrics(work_dir):
-    """The metrics tools/test.py wrote (work_dir/<timestamp>/<timestamp>.json)."""
-    files = [p for p in glob.glob(osp.join(work_dir, '*', '*.json'))
-             if osp.basename(p)[:-5] == osp.basename(osp.dirname(p))]
-    assert files, f'no metrics json under {work_dir}'
-    return json.load(open(sorted(files)[-1]))
 
 
 # ------------------------------------------------------------------ configs
@@ -242,9 +224,9 @@ def test_toy_config_reads_the_toy_set_with_ade20k_dataset(toy_ade):
 def trained(toy_ade, tmp_path_factory):
     """tools/train.py on the toy config for 4 iterations; the checkpoint."""
     work = tmp_path_factory.mktemp('seg_work')
-    out = run('tools/train.py', TOY, '--work-dir', work, '--cfg-options',
-              *toy_options(toy_ade, **{'train_cfg.max_iters': 4,
-                                       'train_cfg.val_interval': 4}))
+    out = run_tool('tools/train.py', TOY, '--work-dir', work, '--cfg-options',
+                   *toy_options(toy_ade, **{'train_cfg.max_iters': 4,
+                                            'train_cfg.val_interval': 4}))
     assert 'decode.loss_ce' in out and 'mIoU' in out  # trained, then validated
     ckpt = work / 'iter_4.pth'
     assert ckpt.is_file()
@@ -262,9 +244,9 @@ def toy_options(toy_ade, **extra):
 def test_train_then_test_through_tools(trained, toy_ade, tmp_path):
     work, vis, preds = tmp_path / 'test', tmp_path / 'vis', tmp_path / 'preds'
     # mmseg's visualisation hook paints every 50th image unless told otherwise.
-    run('tools/test.py', TOY, trained, '--work-dir', work, '--show-dir', vis,
-        '--out', preds, '--cfg-options', *toy_options(toy_ade),
-        'default_hooks.visualization.interval=1')
+    run_tool('tools/test.py', TOY, trained, '--work-dir', work, '--show-dir', vis,
+             '--out', preds, '--cfg-options', *toy_options(toy_ade),
+             'default_hooks.visualization.interval=1')
     metrics = read_metrics(work)
     for key in ('mIoU', 'aAcc', 'mAcc'):
         assert 0. <= metrics[key] <= 100.
@@ -290,7 +272,8 @@ def test_inferencer_and_demo_write_an_overlay(trained, toy_ade, tmp_path):
 
     out = tmp_path / 'overlay.png'
     argv = sys.argv
-    sys.argv = ['seg_demo.py', image, osp.join(REPO, TOY), str(trained), '--out', str(out)]
+    sys.argv = ['seg_demo.py', image, osp.join(REPO, TOY), '--weights', str(trained),
+                '--out', str(out)]
     try:
         runpy.run_path(osp.join(REPO, 'demo', 'seg_demo.py'), run_name='__main__')
     finally:

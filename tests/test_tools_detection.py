@@ -1,77 +1,36 @@
 """tools/train.py and tools/test.py end to end on the toy COCO set (RetinaNet and
 Mask R-CNN, a few iterations each), --resume, the image demo, and the options
 and launchers of the tools."""
-import glob
-import importlib.util
 import json
 import os
 import os.path as osp
 import subprocess
-import sys
 from argparse import Namespace
 
 import mmengine
 import pytest
+import torch
 from mmengine.config import Config
 
+from casvit_mm.apis import codebase, config_from_args, enable_visualization
 from casvit_mm.checkpoint import safe_load
-from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
-
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-RETINA = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'
-MASK = 'configs/detection/toy/mask_rcnn_casvit_xs_toy-shapes.py'
-
-
-@pytest.fixture(scope='session')
-def toy(tmp_path_factory):
-    """8 training and 4 validation images of 64 px, generated once per session."""
-    root = tmp_path_factory.mktemp('toy_coco')
-    return make_toy_coco(str(root), num_train=8, num_val=4, image_size=64, seed=0)
-
-
-def options(toy, **extra):
-    """--cfg-options for a quick run: the toy data, 2 images a batch, no workers."""
-    opts = cfg_options(toy['root']) + ['default_hooks.logger.interval=1',
-                                       'train_dataloader.batch_size=2']
-    for loader in ('train_dataloader', 'test_dataloader'):
-        opts += [f'{loader}.num_workers=0', f'{loader}.persistent_workers=False']
-    return opts + [f'{k}={v}' for k, v in extra.items()]
+from conftest import (MASK, ONE_THREAD, REPO, RETINA, logged_steps, read_metrics, run_tool,
+                      run_tool_in_process, toy_train_options)
 
 
 def run(*args):
-    # One thread: these models and images are tiny, so a second thread gains
-    # nothing, and on a busy machine idle-spinning OpenMP threads cost minutes.
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, (f'{args[0]} failed:\n{proc.stdout[-4000:]}\n'
-                                  f'{proc.stderr[-4000:]}')
-    return proc.stdout + proc.stderr
-
-
-def logged_steps(work_dir):
-    """Training iterations logged by each run in work_dir, oldest run first."""
-    runs = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
-    return [[r['step'] for r in map(json.loads, open(p)) if 'loss' in r] for p in runs]
-
-
-def read_metrics(work_dir):
-    """The metrics tools/test.py wrote (work_dir/<timestamp>/<timestamp>.json)."""
-    files = [p for p in glob.glob(osp.join(work_dir, '*', '*.json'))
-             if osp.basename(p)[:-5] == osp.basename(osp.dirname(p))]
-    assert files, f'no metrics json under {work_dir}'
-    return json.load(open(sorted(files)[-1]))
+    return run_tool(*args, env=ONE_THREAD)
 
 
 def test_retinanet_train_resume_test(toy, tmp_path):
     work = tmp_path / 'work'
     run('tools/train.py', RETINA, '--work-dir', work,
-        '--cfg-options', *options(toy, **{'train_cfg.max_iters': 2}))
+        '--cfg-options', *toy_train_options(toy, **{'train_cfg.max_iters': 2}))
     assert (work / 'iter_2.pth').is_file()
 
     # --resume (no path): continue from the latest checkpoint at iteration 2.
     run('tools/train.py', RETINA, '--work-dir', work, '--resume',
-        '--cfg-options', *options(toy, **{'train_cfg.max_iters': 4}))
+        '--cfg-options', *toy_train_options(toy, **{'train_cfg.max_iters': 4}))
     assert safe_load(work / 'iter_4.pth')['meta']['iter'] == 4
     assert logged_steps(work) == [[1, 2], [3, 4]]
 
@@ -80,7 +39,7 @@ def test_retinanet_train_resume_test(toy, tmp_path):
     vis, pkl = tmp_path / 'vis', tmp_path / 'preds.pkl'
     out = run('tools/test.py', RETINA, work / 'iter_4.pth', '--work-dir', work,
               '--show-dir', vis, '--out', pkl,
-              '--cfg-options', *options(toy, **{'model.test_cfg.score_thr': 0.0}))
+              '--cfg-options', *toy_train_options(toy, **{'model.test_cfg.score_thr': 0.0}))
     metrics = read_metrics(work)
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75'):
         assert 0.0 <= metrics[key] <= 1.0, (key, metrics)
@@ -93,7 +52,7 @@ def test_retinanet_train_resume_test(toy, tmp_path):
     pkl2 = tmp_path / 'preds_deploy.pkl'
     run('tools/test.py', RETINA, work / 'iter_4.pth', '--work-dir', tmp_path / 'deploy',
         '--deploy', '--out', pkl2,
-        '--cfg-options', *options(toy, **{'model.test_cfg.score_thr': 0.0}))
+        '--cfg-options', *toy_train_options(toy, **{'model.test_cfg.score_thr': 0.0}))
     for a, b in zip(preds, mmengine.load(str(pkl2))):
         top_a = a['pred_instances']['scores'][:10]
         top_b = b['pred_instances']['scores'][:10]
@@ -104,7 +63,7 @@ def test_retinanet_train_resume_test(toy, tmp_path):
     run('tools/model_converters/casvit_reparameterize.py', RETINA, work / 'iter_4.pth', fused)
     run('tools/test.py', RETINA.replace('/toy/', '/deploy/'), fused, '--work-dir',
         tmp_path / 'fused', '--out', pkl3,
-        '--cfg-options', *options(toy, **{'model.test_cfg.score_thr': 0.0}))
+        '--cfg-options', *toy_train_options(toy, **{'model.test_cfg.score_thr': 0.0}))
     for a, b in zip(preds, mmengine.load(str(pkl3))):
         top_a = a['pred_instances']['scores'][:10]
         top_b = b['pred_instances']['scores'][:10]
@@ -114,11 +73,12 @@ def test_retinanet_train_resume_test(toy, tmp_path):
 def test_mask_rcnn_train_test_and_image_demo(toy, tmp_path):
     work = tmp_path / 'work'
     run('tools/train.py', MASK, '--work-dir', work,
-        '--cfg-options', *options(toy, **{'train_cfg.max_iters': 2}))
+        '--cfg-options', *toy_train_options(toy, **{'train_cfg.max_iters': 2}))
     ckpt = work / 'iter_2.pth'
     assert ckpt.is_file()
 
-    run('tools/test.py', MASK, ckpt, '--work-dir', work, '--cfg-options', *options(toy))
+    run('tools/test.py', MASK, ckpt, '--work-dir', work,
+        '--cfg-options', *toy_train_options(toy))
     metrics = read_metrics(work)
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'):
         assert 0.0 <= metrics[key] <= 1.0, (key, metrics)
@@ -134,48 +94,29 @@ def test_mask_rcnn_train_test_and_image_demo(toy, tmp_path):
 
 
 # ----------------------------------------------------------- options, errors
-def import_tool(name):
-    """tools/<name>.py as a module (under another name: ``test`` is in the stdlib)."""
-    sys.path.insert(0, osp.join(REPO, 'tools'))  # test.py imports its sibling train.py
-    try:
-        spec = importlib.util.spec_from_file_location(
-            f'casvit_tool_{name}', osp.join(REPO, 'tools', f'{name}.py'))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.pop(0)
-
-
-def call_main(tool, argv, monkeypatch):
-    monkeypatch.setattr(sys, 'argv', [f'{tool.__name__}.py', *map(str, argv)])
-    tool.main()
-
-
 def test_clear_errors(tmp_path, monkeypatch):
-    train, test = import_tool('train'), import_tool('test')
     with pytest.raises(SystemExit, match='does not exist'):
-        call_main(train, ['configs/detection/retinanet_casvit_q.py'], monkeypatch)
+        run_tool_in_process('train', ['configs/detection/retinanet_casvit_q.py'], monkeypatch)
     with pytest.raises(SystemExit, match='no such checkpoint'):
-        call_main(train, [RETINA, '--resume', tmp_path / 'nope.pth'], monkeypatch)
+        run_tool_in_process('train', [RETINA, '--resume', tmp_path / 'nope.pth'], monkeypatch)
     with pytest.raises(SystemExit, match='does not exist'):
-        call_main(test, [RETINA, tmp_path / 'nope.pth'], monkeypatch)
+        run_tool_in_process('test', [RETINA, tmp_path / 'nope.pth'], monkeypatch)
     ckpt = tmp_path / 'x.pth'
     ckpt.write_bytes(b'0')
     with pytest.raises(SystemExit, match='ending in .pkl'):
-        call_main(test, [RETINA, ckpt, '--out', tmp_path / 'preds.json'], monkeypatch)
+        run_tool_in_process('test', [RETINA, ckpt, '--out', tmp_path / 'preds.json'],
+                            monkeypatch)
 
 
 def test_cpu_uses_gloo_and_work_dir_defaults(monkeypatch):
-    train = import_tool('train')
-    monkeypatch.setattr(train.torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     args = Namespace(config=osp.join(REPO, RETINA), launcher='pytorch', cfg_options=None,
                      work_dir=None)
-    cfg = train.load_config(args)
+    cfg = config_from_args(args)
     assert cfg.env_cfg.dist_cfg.backend == 'gloo'
     assert cfg.work_dir == './work_dirs/retinanet_casvit_xs_toy-shapes'
     args.cfg_options = {'env_cfg.dist_cfg.backend': 'mpi'}
-    assert train.load_config(args).env_cfg.dist_cfg.backend == 'mpi'
+    assert config_from_args(args).env_cfg.dist_cfg.backend == 'mpi'
 
 
 @pytest.mark.parametrize('scope,config', [
@@ -184,14 +125,13 @@ def test_cpu_uses_gloo_and_work_dir_defaults(monkeypatch):
     ('mmpretrain', 'mmpretrain::resnet/resnet18_8xb32_in1k.py'),
 ])
 def test_show_dir_uses_each_codebase_hook(scope, config, tmp_path):
-    test = import_tool('test')
     if '::' in config:  # a packaged config of mmseg / mmpretrain, as a user inherits it
         (tmp_path / 'cfg.py').write_text(f"_base_ = ['{config}']\n")
         config = str(tmp_path / 'cfg.py')
     cfg = Config.fromfile(osp.join(REPO, config))
-    assert test.codebase(cfg) == scope
+    assert codebase(cfg) == scope
     args = Namespace(show=False, show_dir='painted', wait_time=2)
-    cfg = test.enable_visualization(cfg, args, scope)
+    cfg = enable_visualization(cfg, args, scope)
     hook = cfg.default_hooks.visualization
     if scope == 'mmdet':
         assert hook.type == 'DetVisualizationHook' and hook.draw

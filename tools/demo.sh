@@ -15,17 +15,39 @@ CONFIG=configs/detection/toy/retinanet_casvit_xs_toy-shapes.py
 WORK=work_dirs/demo
 start=$SECONDS
 
+# The console shows progress (iteration, loss, ETA, metrics) and the summary.
+# Everything a tool prints (the config, the hook table, COCO's tables) goes to
+# $WORK/<step>_console.log; mmengine also keeps its log, config included, in
+# $WORK/<timestamp>/<timestamp>.log. On a failure the end of the output is shown.
+PROGRESS='(Iter|Epoch)\((train|val|test)\)'
+quiet() {
+  local log=$1
+  shift
+  set +e
+  "$@" 2>&1 | tee "$log" | { grep --line-buffered -E "$PROGRESS" || true; }
+  local status=${PIPESTATUS[0]}
+  set -e
+  if [ "$status" -ne 0 ]; then
+    echo "failed (exit $status); the end of $log:" >&2
+    tail -n 40 "$log" >&2
+    exit "$status"
+  fi
+}
+
 echo "== 1/3 generating the toy COCO data set in data/toy_coco"
 "$PY" tools/dataset_converters/make_toy_coco.py data/toy_coco
 
 echo "== 2/3 training $CONFIG (300 iterations, from scratch)"
 rm -rf "$WORK"
-"$PY" tools/train.py "$CONFIG" --work-dir "$WORK"
+mkdir -p "$WORK"
+quiet "$WORK/train_console.log" "$PY" tools/train.py "$CONFIG" --work-dir "$WORK"
 train_done=$SECONDS
 
 echo "== 3/3 testing iter_300.pth on the val split, drawing predictions"
-"$PY" tools/test.py "$CONFIG" "$WORK/iter_300.pth" --work-dir "$WORK" \
-  --show-dir "$(pwd)/$WORK/vis" --out "$WORK/predictions.pkl"
+quiet "$WORK/test_console.log" "$PY" tools/test.py "$CONFIG" "$WORK/iter_300.pth" \
+  --work-dir "$WORK" --show-dir "$(pwd)/$WORK/vis" --out "$WORK/predictions.pkl"
+"$PY" tools/analysis_tools/plot_curves.py "$WORK" --out "$WORK/curves.png" \
+  --title 'CAS-ViT-XS RetinaNet, toy shapes' > /dev/null
 
 "$PY" - "$WORK" "$(( train_done - start ))" "$(( SECONDS - start ))" <<'EOF'
 import glob, json, os.path as osp, sys
@@ -39,5 +61,7 @@ print('training loss by iteration: ' +
 print(f"bbox mAP {metrics['coco/bbox_mAP']:.3f}   mAP@0.5 {metrics['coco/bbox_mAP_50']:.3f}"
       f"   mAP@0.75 {metrics['coco/bbox_mAP_75']:.3f}")
 print(f'drawn predictions: {work}/vis/   predictions: {work}/predictions.pkl')
+print(f'training curve: {work}/curves.png   full logs: {work}/train_console.log, '
+      f'{work}/test_console.log')
 print(f'time: {train_s} s to generate and train, {total_s} s in all')
 EOF

@@ -24,7 +24,7 @@ echo "== 3/4 testing $(basename "$CKPT") on the val split"
 "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test" --out "$WORK/predictions.pkl"
 
 echo "== 4/4 classifying one val image of each class"
-"$PY" demo/cls_demo.py data/toy_imagenet/val/*/*_0000.JPEG --config "$CONFIG" --checkpoint "$CKPT"
+"$PY" demo/cls_demo.py data/toy_imagenet/val/*/*_0000.JPEG "$CONFIG" --weights "$CKPT"
 
 "$PY" - "$WORK" "$(( train_done - start ))" "$(( SECONDS - start ))" <<'PYEOF'
 import glob, json, os.path as osp, sys

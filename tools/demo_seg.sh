@@ -25,7 +25,7 @@ echo "== 3/4 testing $(basename "$CKPT") on the validation split"
 
 echo "== 4/4 segmenting one validation image"
 "$PY" demo/seg_demo.py data/toy_ade/images/validation/ADE_val_00000001.jpg \
-  "$CONFIG" "$CKPT" --out "$WORK/overlay_ADE_val_00000001.png"
+  "$CONFIG" --weights "$CKPT" --out "$WORK/overlay_ADE_val_00000001.png"
 
 "$PY" - "$WORK" "$(( train_done - start ))" "$(( SECONDS - start ))" <<'PYEOF'
 import glob, json, os.path as osp, sys

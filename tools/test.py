@@ -22,19 +22,13 @@ config's ``configs/*/deploy/`` variant instead, with or without ``--deploy``.
     python tools/test.py CONFIG CHECKPOINT --show-dir vis --out results.pkl
 """
 import argparse
-import os
 import os.path as osp
 
-from mmengine.config import ConfigDict, DictAction
-from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
-
+import casvit_mm  # noqa: F401  (registers CASViT in every codebase)
+from casvit_mm.apis import (DeployHook, build_runner, check_data, codebase, config_from_args,
+                            enable_tta, enable_visualization, parse_tool_args)
 from casvit_mm.checkpoint.whole_model import StrictCheckpointHook
-
-# The sibling tools/train.py holds what both tools do to a config.
-from train import build_runner, check_data, load_config, setup_cpu_distributed
-
-SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
+from casvit_mm.engine import setup_cpu_distributed
 
 
 def parse_args():
@@ -54,62 +48,7 @@ def parse_args():
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation: needs tta_model and tta_pipeline '
                         'in the config')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings of the config, as key=value pairs')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
-
-
-def codebase(cfg):
-    scope = cfg.get('default_scope')
-    if scope not in SCOPES:
-        raise SystemExit(f'default_scope={scope!r} in the config: tools/test.py serves '
-                         f'{SCOPES}; set default_scope to one of them.')
-    return scope
-
-
-def enable_visualization(cfg, args, scope):
-    """Turn on the codebase's visualisation hook as its own test.py does."""
-    hook = cfg.get('default_hooks', {}).get('visualization')
-    if hook is None:
-        raise SystemExit('--show/--show-dir need default_hooks.visualization in the config '
-                         '(e.g. dict(type="DetVisualizationHook") for mmdet).')
-    if scope == 'mmdet':
-        from mmdet.engine.hooks.utils import trigger_visualization_hook
-        return trigger_visualization_hook(cfg, args)
-    if scope == 'mmseg':
-        hook.update(draw=True, show=args.show, wait_time=args.wait_time)
-        if args.show_dir:
-            cfg.visualizer['save_dir'] = args.show_dir
-    else:  # mmpretrain
-        hook.update(enable=True, show=args.show, wait_time=args.wait_time,
-                    out_dir=args.show_dir)
-    return cfg
-
-
-def enable_tta(cfg):
-    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-        raise SystemExit('--tta needs tta_model and tta_pipeline in the config (mmdet\'s '
-                         'retinanet_tta.py defines both for RetinaNet).')
-    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
-    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-
-
-class DeployHook(Hook):
-    """Switch to deploy mode once the checkpoint is in: ``Runner.test`` loads the
-    checkpoint after ``before_run`` and before the test loop's ``before_test``."""
-    priority = 'VERY_HIGH'
-
-    def __init__(self, switch):
-        self.switch = switch
-
-    def before_test(self, runner):
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        self.switch(model)
+    return parse_tool_args(parser)
 
 
 def main():
@@ -121,7 +60,7 @@ def main():
         raise SystemExit(f'Checkpoint {args.checkpoint!r} does not exist: give the .pth '
                          f'written by tools/train.py (work_dirs/<config>/iter_N.pth or '
                          f'epoch_N.pth).')
-    cfg = load_config(args)
+    cfg = config_from_args(args)
     scope = codebase(cfg)
     if args.out and scope != 'mmseg' and not args.out.endswith(('.pkl', '.pickle')):
         raise SystemExit(f'--out {args.out!r}: {scope} dumps predictions as a pickle; '

@@ -17,19 +17,16 @@ load name its file and ``tools/misc/check_dataset.py`` (docs/reliability.md).
     bash tools/dist_train.sh configs/detection/retinanet_casvit_m.py 8
 """
 import argparse
-import os
 import os.path as osp
 
 import torch
-from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
 import casvit_mm  # noqa: F401  (registers CASViT in every codebase)
+from casvit_mm.apis import build_runner, check_data, config_from_args, parse_tool_args
 from casvit_mm.checkpoint import CheckpointError, check_resumable
 from casvit_mm.engine import (setup_cpu_distributed, use_atomic_checkpoints,
                              use_compile_fixes, use_long_run_guards)
-from casvit_mm.utils import DataRootError, check_data_paths, name_load_errors
+from casvit_mm.utils import name_load_errors
 
 
 def parse_args():
@@ -45,56 +42,12 @@ def parse_args():
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from this checkpoint, or, with no value, from the '
                         'latest checkpoint in the work dir')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings of the config, as key=value pairs '
-                        '(e.g. train_dataloader.batch_size=2 "model.neck.in_channels=[1,2]")')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
-
-
-def load_config(args):
-    """Read the config and apply what every tool's command line changes."""
-    if not osp.isfile(args.config):
-        raise SystemExit(f'Config file {args.config!r} does not exist; configs of this '
-                         f'repository live under configs/ (e.g. '
-                         f'configs/detection/retinanet_casvit_m.py).')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    # work_dir: command line > config > ./work_dirs/<config name>
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-    # NCCL needs CUDA: on a CPU machine use gloo unless the config chose otherwise.
-    if not torch.cuda.is_available():
-        dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
-        if dist_cfg.get('backend', 'nccl') == 'nccl':
-            dist_cfg['backend'] = 'gloo'
-    return cfg
-
-
-def check_data(cfg, splits):
-    """Stop before building anything if the config's data is not on disk."""
-    try:
-        check_data_paths(cfg, splits)
-    except DataRootError as e:
-        raise SystemExit(str(e))
-
-
-def build_runner(cfg):
-    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    return parse_tool_args(parser)
 
 
 def main():
     args = parse_args()
-    cfg = load_config(args)
+    cfg = config_from_args(args)
 
     if args.amp:
         if torch.cuda.is_available():

@@ -523,7 +523,8 @@ class CASViT(BaseModule):
     @staticmethod
     def _init_linear(m):
         # As the official code: only Linear layers get a special init (the
-        # convolutions keep PyTorch's default).
+        # convolutions keep PyTorch's default). The training layout has none;
+        # the deploy layout's fused channel gate (``channel_gate``) is one.
         if isinstance(m, nn.Linear):
             trunc_normal_(m.weight, std=.02)
             if m.bias is not None:

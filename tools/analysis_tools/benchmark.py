@@ -50,17 +50,15 @@ import os
 import os.path as osp
 import platform
 import statistics
-import sys
 import tempfile
 import time
 
 import torch
 
-sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
-from casvit_mm import CASViT  # noqa: E402
-from casvit_mm.apis import build_model, deploy_config, relative_error  # noqa: E402
-from casvit_mm.models.fusion import switch_model_to_deploy  # noqa: E402
-from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap,  # noqa: E402
+from casvit_mm import CASViT
+from casvit_mm.apis import build_model, deploy_config, relative_error
+from casvit_mm.models.fusion import switch_model_to_deploy
+from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap,
                                    export_onnx, onnxruntime_session, openvino_model,
                                    run_onnxruntime, run_openvino)
 

@@ -28,8 +28,7 @@ import time
 
 import torch
 
-sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
-from casvit_mm.apis import build_model  # noqa: E402
+from casvit_mm.apis import build_model
 
 
 def parse_args():

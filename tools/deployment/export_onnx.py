@@ -35,13 +35,12 @@ import sys
 
 import torch
 
-sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
-from casvit_mm import CASViT  # noqa: E402
-from casvit_mm.apis import build_model, relative_error  # noqa: E402
-from casvit_mm.onnx_export import (DetectorEnd2End, MaskRCNNEnd2End,  # noqa: E402
-                                   SegmentorLabelMap, export_onnx, matched_pairs,
-                                   onnxruntime_session, run_onnxruntime)
-from casvit_mm.models.fusion import switch_model_to_deploy  # noqa: E402
+from casvit_mm import CASViT
+from casvit_mm.apis import build_model, relative_error
+from casvit_mm.onnx_export import (DetectorEnd2End, MaskRCNNEnd2End, SegmentorLabelMap,
+                                   export_onnx, matched_pairs, onnxruntime_session,
+                                   run_onnxruntime)
+from casvit_mm.models.fusion import switch_model_to_deploy
 
 
 def parse_args():

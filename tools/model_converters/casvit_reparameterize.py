@@ -17,12 +17,10 @@ Example:
 import argparse
 import os
 import os.path as osp
-import sys
 
 import torch
 
-sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
-from casvit_mm.apis import reparameterize  # noqa: E402
+from casvit_mm.apis import reparameterize
 
 
 def parse_args():

@@ -1,21 +1,21 @@
-"""Build models from the plugin's configs and compare outputs: what the tools share.
+"""Build models from the plugin's configs and compare outputs.
 
 ``tools/deployment/export_onnx.py``, ``tools/analysis_tools/benchmark.py``,
 ``tools/analysis_tools/train_memory.py`` and
 ``tools/model_converters/casvit_reparameterize.py`` build models from configs
 without touching the network and compare outputs; these are the pieces they
-have in common, kept importable so the tests exercise exactly what the tools
-run (as ``mmdet.apis`` does for mmdet's tools).
+have in common.
 """
 import copy
-import importlib
 import logging
 import os.path as osp
 
 import numpy as np
 import torch
 
-__all__ = ['build_model', 'load_config', 'relative_error']
+from ..registry import registry_of
+
+__all__ = ['build_model', 'deploy_config', 'load_config', 'relative_error', 'reparameterize']
 
 
 def load_config(config):
@@ -54,7 +54,9 @@ def build_model(config, checkpoint=None, with_cp=None):
     cfg = load_config(config)
     scope = cfg.get('default_scope', 'mmdet')
     init_default_scope(scope)
-    models = importlib.import_module(f'{scope}.registry').MODELS
+    models = registry_of(scope, 'MODELS')
+    if models is None:
+        raise ImportError(f'default_scope={scope!r}: {scope} is not installed')
     model_cfg = copy.deepcopy(cfg.model)
     if 'pretrained' in model_cfg:
         model_cfg.pretrained = None
@@ -124,7 +126,7 @@ def reparameterize(config, checkpoint, example_shape=(1, 3, 128, 128), tol=1e-4)
         tuple[dict, float]: The fused state dict (whole model) and the
         relative error seen.
     """
-    from .models import CASViT
+    from ..models import CASViT
     model = build_model(config, checkpoint)
     if not isinstance(getattr(model, 'backbone', None), CASViT):
         raise ValueError(f'{getattr(config, "filename", config)} has no CASViT backbone: '

@@ -1,0 +1,15 @@
+"""What the command-line tools share, importable (as ``mmdet.apis`` is for mmdet's
+tools), so the tools stay thin and the tests exercise exactly what they run.
+
+- :mod:`.build`: build a model from a config without touching the network,
+  compare outputs, fuse a trained checkpoint (export, benchmark, converters).
+- :mod:`.runner`: a config from a tool's command line, the data check, the
+  runner, and the per-codebase switches of ``tools/test.py``.
+"""
+from .build import build_model, deploy_config, load_config, relative_error, reparameterize
+from .runner import (DeployHook, build_runner, check_data, codebase, config_from_args,
+                     enable_tta, enable_visualization, parse_tool_args)
+
+__all__ = ['DeployHook', 'build_model', 'build_runner', 'check_data', 'codebase',
+           'config_from_args', 'deploy_config', 'enable_tta', 'enable_visualization',
+           'load_config', 'parse_tool_args', 'relative_error', 'reparameterize']

@@ -1,0 +1,127 @@
+"""From a tool's command line to an mmengine ``Runner``, for the three codebases.
+
+``tools/train.py`` and ``tools/test.py`` read a config the same way (work dir
+default, ``--cfg-options``, gloo without CUDA), check its data before building
+anything and build the runner the config asks for; ``tools/test.py`` then
+switches on the visualisation and test-time augmentation of the config's
+codebase the way that codebase's own ``test.py`` does. Kept here so both tools
+stay command lines and the tests call the same functions.
+"""
+import os
+import os.path as osp
+
+import torch
+from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from ..registry import MODEL_SCOPES
+from ..utils import DataRootError, check_data_paths
+
+__all__ = ['DeployHook', 'build_runner', 'check_data', 'codebase', 'config_from_args',
+           'enable_tta', 'enable_visualization', 'parse_tool_args']
+
+
+def parse_tool_args(parser):
+    """Add the options every runner tool takes (``--cfg-options``, ``--launcher``,
+    ``--local-rank``) to ``parser`` and parse the command line."""
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings of the config, as key=value pairs '
+                        '(e.g. train_dataloader.batch_size=2 "model.neck.in_channels=[1,2]")')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def config_from_args(args):
+    """Read ``args.config`` and apply what every tool's command line changes:
+    ``args.launcher``, ``args.cfg_options`` and ``args.work_dir``."""
+    if not osp.isfile(args.config):
+        raise SystemExit(f'Config file {args.config!r} does not exist; configs of this '
+                         f'repository live under configs/ (e.g. '
+                         f'configs/detection/retinanet_casvit_m.py).')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    # work_dir: command line > config > ./work_dirs/<config name>
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    # NCCL needs CUDA: on a CPU machine use gloo unless the config chose otherwise.
+    if not torch.cuda.is_available():
+        dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+        if dist_cfg.get('backend', 'nccl') == 'nccl':
+            dist_cfg['backend'] = 'gloo'
+    return cfg
+
+
+def check_data(cfg, splits):
+    """Stop before building anything if the config's data is not on disk."""
+    try:
+        check_data_paths(cfg, splits)
+    except DataRootError as e:
+        raise SystemExit(str(e))
+
+
+def build_runner(cfg):
+    """The config's ``runner_type`` if it names one, else mmengine's ``Runner``."""
+    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+
+
+def codebase(cfg):
+    """The codebase (``default_scope``) of a config: one of ``MODEL_SCOPES``."""
+    scope = cfg.get('default_scope')
+    if scope not in MODEL_SCOPES:
+        raise SystemExit(f'default_scope={scope!r} in the config: tools/test.py serves '
+                         f'{MODEL_SCOPES}; set default_scope to one of them.')
+    return scope
+
+
+def enable_visualization(cfg, args, scope):
+    """Turn on the codebase's visualisation hook as its own test.py does
+    (``args.show``, ``args.show_dir``, ``args.wait_time``)."""
+    hook = cfg.get('default_hooks', {}).get('visualization')
+    if hook is None:
+        raise SystemExit('--show/--show-dir need default_hooks.visualization in the config '
+                         '(e.g. dict(type="DetVisualizationHook") for mmdet).')
+    if scope == 'mmdet':
+        from mmdet.engine.hooks.utils import trigger_visualization_hook
+        return trigger_visualization_hook(cfg, args)
+    if scope == 'mmseg':
+        hook.update(draw=True, show=args.show, wait_time=args.wait_time)
+        if args.show_dir:
+            cfg.visualizer['save_dir'] = args.show_dir
+    else:  # mmpretrain
+        hook.update(enable=True, show=args.show, wait_time=args.wait_time,
+                    out_dir=args.show_dir)
+    return cfg
+
+
+def enable_tta(cfg):
+    """Wrap the model in the config's ``tta_model`` and test with its ``tta_pipeline``."""
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        raise SystemExit('--tta needs tta_model and tta_pipeline in the config (mmdet\'s '
+                         'retinanet_tta.py defines both for RetinaNet).')
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
+class DeployHook(Hook):
+    """Switch to deploy mode once the checkpoint is in: ``Runner.test`` loads the
+    checkpoint after ``before_run`` and before the test loop's ``before_test``."""
+    priority = 'VERY_HIGH'
+
+    def __init__(self, switch):
+        self.switch = switch
+
+    def before_test(self, runner):
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        self.switch(model)
