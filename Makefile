@@ -2,7 +2,7 @@
 #   make demo   set everything up, then run the main job on generated data
 #   make test   set everything up, then run the test suite
 # `make env` alone builds/refreshes the virtual environment (.venv): the first
-# run compiles mmcv (about 16 min on 2 cores), later runs take seconds.
+# run compiles mmcv (about 10 min on 2 idle cores), later runs take seconds.
 PY := .venv/bin/python
 
 .PHONY: env demo demo-seg demo-cls test

@@ -2,7 +2,7 @@
 # The README's main job (`make demo`): RetinaNet with a CAS-ViT-XS backbone,
 # trained from scratch on generated COCO-format shapes through tools/train.py,
 # evaluated through tools/test.py (COCO bbox mAP), with the predictions drawn.
-# About 6 minutes on 2 CPU cores. Everything lands in work_dirs/demo/.
+# About 5 minutes on 2 CPU cores. Everything lands in work_dirs/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
