@@ -83,19 +83,26 @@ def toy_retinanet(tmp_path_factory):
                                               for i in images])
 
 
-def test_retinanet_end_to_end(toy_retinanet, tmp_path):
-    """Image -> boxes, scores, labels after NMS, with a dynamic batch: the
-    exported deployed detector finds every detection mmdet's test_step finds
-    (same label, IoU >= 0.99, score within 1e-3)."""
-    checkpoint, images = toy_retinanet
-    model = build_model(osp.join(REPO, RETINA_TOY), checkpoint)
+def reference_detections(model, images):
+    """mmdet's own ``test_step`` on unresized images: what the ONNX file must reproduce.
+    At least 20 detections per image, so that the comparison is a real one (not 0 == 0)."""
     H, W = images.shape[2:]
     samples = [DetDataSample(metainfo=dict(img_shape=(H, W), ori_shape=(H, W),
                                            scale_factor=(1., 1.))) for _ in images]
     with torch.no_grad():
         reference = [r.pred_instances for r in
                      model.test_step(dict(inputs=list(images), data_samples=samples))]
-    assert min(len(r.scores) for r in reference) >= 20  # a real comparison, not 0 == 0
+    assert min(len(r.scores) for r in reference) >= 20
+    return reference
+
+
+def test_retinanet_end_to_end(toy_retinanet, tmp_path):
+    """Image -> boxes, scores, labels after NMS, with a dynamic batch: the
+    exported deployed detector finds every detection mmdet's test_step finds
+    (same label, IoU >= 0.99, score within 1e-3)."""
+    checkpoint, images = toy_retinanet
+    model = build_model(osp.join(REPO, RETINA_TOY), checkpoint)
+    reference = reference_detections(model, images)
 
     wrapper = DetectorEnd2End(switch_model_to_deploy(copy.deepcopy(model)))
     path = export_onnx(wrapper, images[:1].float(), str(tmp_path / 'retinanet.onnx'),
@@ -156,13 +163,7 @@ def test_mask_rcnn_end_to_end(tmp_path):
                         seed=0)
     images = torch.stack([torch.from_numpy(cv2.imread(p)).permute(2, 0, 1) for p in
                           sorted(glob.glob(osp.join(toy['val_img_dir'], '*.jpg')))])
-    H, W = images.shape[2:]
-    samples = [DetDataSample(metainfo=dict(img_shape=(H, W), ori_shape=(H, W),
-                                           scale_factor=(1., 1.))) for _ in images]
-    with torch.no_grad():
-        reference = [r.pred_instances for r in
-                     model.test_step(dict(inputs=list(images), data_samples=samples))]
-    assert min(len(r.scores) for r in reference) >= 20  # a real comparison, not 0 == 0
+    reference = reference_detections(model, images)
 
     wrapper = MaskRCNNEnd2End(switch_model_to_deploy(copy.deepcopy(model)))
     path = export_onnx(wrapper, images[:1].float(), str(tmp_path / 'mask_rcnn.onnx'),
@@ -170,7 +171,7 @@ def test_mask_rcnn_end_to_end(tmp_path):
                        dynamic_batch=True)
     boxes, scores, labels, masks = run_onnxruntime(onnxruntime_session(path, threads=1),
                                                    images.float())  # 2 images, exported with 1
-    assert masks.shape == (len(images), 100, H, W) and masks.dtype == bool
+    assert masks.shape == (len(images), 100, *images.shape[2:]) and masks.dtype == bool
     equal, total = 0, 0
     for b, ref in enumerate(reference):
         keep = scores[b] > 0  # the rest is padding
