@@ -14,7 +14,7 @@ import torch
 from mmengine.config import Config
 
 from casvit_mm.checkpoint import safe_load
-from casvit_mm.engine import setup_cpu_distributed
+from casvit_mm.engine import closing_process_group, setup_cpu_distributed
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
 from conftest import REPO
 
@@ -85,3 +85,36 @@ def test_sync_bn_becomes_bn_for_cpu_processes():
     model = MODELS.build(cfg.model)
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.decode_head.modules())
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A real gloo process group of one process; destroyed if a test leaves it open."""
+    torch.distributed.init_process_group('gloo', init_method=f'file://{tmp_path}/store',
+                                         rank=0, world_size=1)
+    yield
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def test_the_process_group_is_destroyed_when_a_run_ends(one_process_group):
+    """Left open until Python's exit, a gloo group can abort a run that went well."""
+    with closing_process_group():
+        torch.distributed.all_reduce(torch.ones(1))
+    assert not torch.distributed.is_initialized()
+
+
+def test_a_deliberate_stop_destroys_the_group_and_keeps_its_exit_status(one_process_group):
+    with pytest.raises(SystemExit) as stop:
+        with closing_process_group():
+            raise SystemExit(75)  # what pre-emption raises
+    assert stop.value.code == 75
+    assert not torch.distributed.is_initialized()
+
+
+def test_a_crash_leaves_the_group_alone(one_process_group):
+    """A destroy could wait on a peer that is gone: a failing process just fails."""
+    with pytest.raises(RuntimeError, match='boom'):
+        with closing_process_group():
+            raise RuntimeError('boom')
+    assert torch.distributed.is_initialized()

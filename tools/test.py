@@ -28,7 +28,7 @@ import casvit_mm  # noqa: F401  (registers CASViT in every codebase)
 from casvit_mm.apis import (DeployHook, build_runner, check_data, codebase, config_from_args,
                             enable_tta, enable_visualization, parse_tool_args)
 from casvit_mm.checkpoint.whole_model import StrictCheckpointHook
-from casvit_mm.engine import setup_cpu_distributed
+from casvit_mm.engine import closing_process_group, setup_cpu_distributed
 
 
 def parse_args():
@@ -88,7 +88,8 @@ def main():
     # the checkpoint must fit the whole model (mmengine would only warn)
     runner.register_hook(StrictCheckpointHook())
 
-    runner.test()
+    with closing_process_group():  # never left to Python's exit (gloo may abort there)
+        runner.test()
 
 
 if __name__ == '__main__':

@@ -24,8 +24,8 @@ import torch
 import casvit_mm  # noqa: F401  (registers CASViT in every codebase)
 from casvit_mm.apis import build_runner, check_data, config_from_args, parse_tool_args
 from casvit_mm.checkpoint import CheckpointError, check_resumable
-from casvit_mm.engine import (setup_cpu_distributed, use_atomic_checkpoints,
-                             use_compile_fixes, use_long_run_guards)
+from casvit_mm.engine import (closing_process_group, setup_cpu_distributed,
+                             use_atomic_checkpoints, use_compile_fixes, use_long_run_guards)
 from casvit_mm.utils import name_load_errors
 
 
@@ -84,7 +84,8 @@ def main():
     use_compile_fixes(cfg)  # cfg.compile: let TorchDynamo trace the optimizer step
     check_data(cfg, ['train', 'val'] if cfg.get('val_cfg') else ['train'])
     setup_cpu_distributed(cfg)  # torchrun on a machine without CUDA
-    build_runner(cfg).train()
+    with closing_process_group():  # never left to Python's exit (gloo may abort there)
+        build_runner(cfg).train()
 
 
 if __name__ == '__main__':

@@ -12,7 +12,7 @@ from .atomic_checkpoint import (AtomicCheckpointHook, atomic_write, commit_file,
                                 use_atomic_checkpoints)
 from .compile import PlainParamGroupsHook, use_compile_fixes
 from .cpu_amp import CPUAmpOptimWrapper
-from .cpu_dist import setup_cpu_distributed
+from .cpu_dist import closing_process_group, setup_cpu_distributed
 from .guards import use_long_run_guards
 from .non_finite import EXIT_DIVERGED, NonFiniteLossHook, TrainingDiverged
 from .preemption import (EXIT_PREEMPTED, Preempted, PreemptionHook,
@@ -22,6 +22,7 @@ from ..utils import sample_errors  # noqa: F401,E402
 
 __all__ = ['AtomicCheckpointHook', 'CPUAmpOptimWrapper', 'EXIT_DIVERGED', 'EXIT_PREEMPTED',
            'NonFiniteLossHook', 'PlainParamGroupsHook', 'Preempted', 'PreemptionHook',
-           'ResumableEpochBasedTrainLoop', 'TrainingDiverged', 'atomic_write', 'commit_file',
+           'ResumableEpochBasedTrainLoop', 'TrainingDiverged', 'atomic_write',
+           'closing_process_group', 'commit_file',
            'setup_cpu_distributed', 'use_atomic_checkpoints', 'use_compile_fixes',
            'use_long_run_guards']
