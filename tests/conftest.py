@@ -69,7 +69,7 @@ def toy_train_options(toy, deterministic=False, **extra):
                                        'train_dataloader.batch_size=2']
     if deterministic:
         opts += ['randomness.seed=0', 'randomness.deterministic=True']
-    for loader in ('train_dataloader', 'test_dataloader'):
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         opts += [f'{loader}.num_workers=0', f'{loader}.persistent_workers=False']
     return opts + [f'{k}={v}' for k, v in extra.items()]
 

@@ -65,6 +65,7 @@ def test_cfg_options_redirect_a_toy_config(tmp_path):
         repo, 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'))
     options = dict(o.split('=', 1) for o in cfg_options('/somewhere/toy'))
     cfg.merge_from_dict(options)
-    for loader in ('train_dataloader', 'test_dataloader'):
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         assert cfg[loader].dataset.data_root == '/somewhere/toy/'
-    assert cfg.test_evaluator.ann_file == '/somewhere/toy/annotations/instances_val2017.json'
+    for evaluator in ('val_evaluator', 'test_evaluator'):
+        assert cfg[evaluator].ann_file == '/somewhere/toy/annotations/instances_val2017.json'

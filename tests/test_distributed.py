@@ -40,7 +40,7 @@ def test_dist_train_and_dist_test_with_two_cpu_processes(tmp_path):
     toy = make_toy_coco(str(tmp_path / 'coco'), num_train=8, num_val=4, image_size=64)
     opts = cfg_options(toy['root']) + ['train_dataloader.batch_size=2',
                                        'default_hooks.logger.interval=1']
-    for loader in ('train_dataloader', 'test_dataloader'):
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         opts += [f'{loader}.num_workers=0', f'{loader}.persistent_workers=False']
     work = tmp_path / 'work'
 

@@ -208,7 +208,7 @@ def toy(tmp_path_factory):
 
 def toy_options(toy):
     opts = cfg_options(toy['root'])
-    for loader in ('train_dataloader', 'test_dataloader'):
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         opts += [f'{loader}.num_workers=0', f'{loader}.persistent_workers=False']
     return opts
 

@@ -71,7 +71,7 @@ def toy_retinanet(tmp_path_factory):
     opts = cfg_options(toy['root']) + [
         'train_dataloader.batch_size=4', 'train_cfg.max_iters=40',
         'default_hooks.checkpoint.interval=40']
-    for loader in ('train_dataloader', 'test_dataloader'):
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         opts += [f'{loader}.num_workers=0', f'{loader}.persistent_workers=False']
     proc = subprocess.run(
         [sys.executable, 'tools/train.py', RETINA_TOY, '--work-dir', str(work),

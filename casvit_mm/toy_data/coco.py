@@ -148,10 +148,13 @@ def cfg_options(root):
 
     mmengine resolves ``data_root`` when it parses a config, so overriding
     ``data_root`` alone changes nothing: the dataloaders and the evaluator must
-    each be redirected, which these key=value strings do. (The toy configs do
-    not validate during training, so there is no val_dataloader to redirect.)
+    each be redirected, which these key=value strings do. The toy configs
+    validate at the end of training on the test split, so the val dataloader
+    and evaluator are redirected too.
     """
     root = root.rstrip('/') + '/'
     return [f'train_dataloader.dataset.data_root={root}',
             f'test_dataloader.dataset.data_root={root}',
-            f'test_evaluator.ann_file={root}annotations/instances_val2017.json']
+            f'test_evaluator.ann_file={root}annotations/instances_val2017.json',
+            f'val_dataloader.dataset.data_root={root}',
+            f'val_evaluator.ann_file={root}annotations/instances_val2017.json']

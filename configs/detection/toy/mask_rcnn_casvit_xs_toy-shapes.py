@@ -2,74 +2,28 @@
 # (casvit_mm.toy_data.coco, 3 classes, COCO format with polygon masks), for the
 # tests and the image demo on a CPU. It is the real config below with only
 # data, image scale and schedule changed, plus the deviations marked
-# "DEVIATION", each with its reason. Generate the data first:
+# "DEVIATION" (in _base_/toy_shapes.py, shared with the toy RetinaNet), each
+# with its reason. Generate the data first:
 #   python tools/dataset_converters/make_toy_coco.py data/toy_coco
-_base_ = ['../mask_rcnn_casvit_xs.py']
-
-data_root = 'data/toy_coco/'
-metainfo = dict(classes=('square', 'circle', 'triangle'),
-                palette=[(220, 20, 60), (0, 128, 255), (255, 200, 0)])
+_base_ = ['../mask_rcnn_casvit_xs.py', '_base_/toy_shapes.py']
 
 model = dict(
-    # DEVIATION: from scratch (no ImageNet weights are available offline), and
-    # so with BatchNorm in training mode (norm_eval=False): the recipe freezes
-    # ImageNet statistics, but frozen initial statistics (mean 0, variance 1)
-    # would leave the backbone unnormalised.
-    backbone=dict(init_cfg=None, norm_eval=False),
+    backbone=_base_.toy_backbone,  # from scratch: see _base_/toy_shapes.py
     roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)))
 
-# Image scale: the generated images are used at their own size
-# (scale_factor=1) instead of being resized to 1333 x 800.
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale_factor=1.0, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale_factor=1.0, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
-
-# Data: the toy set in the COCO 2017 layout under data_root. One loading
-# worker: the machine this job targets has 2 cores. InfiniteSampler, as in
-# mmdet's iteration-based configs: the loader does not restart every epoch.
-train_dataloader = dict(
-    batch_size=8,
-    num_workers=1,
-    persistent_workers=True,
-    sampler=dict(type='InfiniteSampler'),
-    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline))
-test_dataloader = dict(
-    batch_size=8,
-    num_workers=1,
-    persistent_workers=True,
-    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline))
-test_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
-# No validation while training (it would repeat the evaluation that
-# tools/test.py does right after): the val split is the test split here.
-val_dataloader = None
-val_cfg = None
-val_evaluator = None
-
-# Schedule: 300 iterations of 8 images.
-max_iters = 300
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters)
-# DEVIATION: lr 1e-3, a 50-iteration warm-up and cosine decay: from scratch,
-# 300 iterations are too few for the 1x step schedule.
-optim_wrapper = dict(optimizer=dict(lr=1e-3))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=50),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters,
-         eta_min=1e-5),
-]
-default_hooks = dict(
-    logger=dict(interval=25),
-    checkpoint=dict(by_epoch=False, interval=max_iters))
+# Data, schedule and validation: the shared toy settings (_base_/toy_shapes.py).
+data_root = _base_.toy_data_root  # the real config's data/coco/ would be misleading
+train_dataloader = _base_.toy_train_dataloader
+test_dataloader = val_dataloader = _base_.toy_test_dataloader
+test_evaluator = val_evaluator = _base_.toy_test_evaluator
+val_cfg = dict(type='ValLoop')
+train_cfg = dict(_delete_=True, **_base_.toy_train_cfg)
+optim_wrapper = _base_.toy_optim_wrapper
+param_scheduler = _base_.toy_param_scheduler
+default_hooks = _base_.toy_default_hooks
 log_processor = dict(by_epoch=False)
-# A fixed seed: the same data and config give (nearly) the same model.
-randomness = dict(seed=0)
+# Masks: the shared pipelines load boxes only. LoadAnnotations is step 1 of the
+# training pipeline and step 2 of the test pipeline.
+train_dataloader.dataset.pipeline[1].with_mask = True
+test_dataloader.dataset.pipeline[2].with_mask = True
+train_pipeline, test_pipeline = train_dataloader.dataset.pipeline, test_dataloader.dataset.pipeline
