@@ -61,6 +61,18 @@ def logged_steps(work_dir):
     return [[r['step'] for r in map(json.loads, open(p)) if 'loss' in r] for p in runs]
 
 
+def loader_options(data_root=None):
+    """--cfg-options that make every dataloader (train, val, test) load in the
+    test's own process (no workers to start or leave behind) and, given
+    ``data_root``, read from it."""
+    opts = []
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        if data_root is not None:
+            opts.append(f'{loader}.dataset.data_root={data_root}')
+        opts += [f'{loader}.num_workers=0', f'{loader}.persistent_workers=False']
+    return opts
+
+
 def toy_train_options(toy, deterministic=False, **extra):
     """--cfg-options for a quick toy detection run: the toy data, 2 images a
     batch, a log line every iteration, no dataloader workers; ``deterministic``
@@ -69,9 +81,7 @@ def toy_train_options(toy, deterministic=False, **extra):
                                        'train_dataloader.batch_size=2']
     if deterministic:
         opts += ['randomness.seed=0', 'randomness.deterministic=True']
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        opts += [f'{loader}.num_workers=0', f'{loader}.persistent_workers=False']
-    return opts + [f'{k}={v}' for k, v in extra.items()]
+    return opts + loader_options() + [f'{k}={v}' for k, v in extra.items()]
 
 
 @pytest.fixture(scope='session')

@@ -18,7 +18,7 @@ from PIL import Image
 from casvit_mm import CASViT
 from casvit_mm.checkpoint import to_mmpretrain
 from casvit_mm.toy_data.imagenet import TOY_IMAGENET_CLASSES, make_toy_imagenet
-from conftest import REPO, read_metrics, run_tool
+from conftest import REPO, loader_options, read_metrics, run_tool
 from reference_casvit import official_forward, official_state_dict
 
 TOY = 'configs/classification/casvit_xs_toy.py'
@@ -179,9 +179,7 @@ def test_toy_config_reads_the_folders_as_classes(toy_imagenet):
 # ------------------------------------------------------------- end to end
 def toy_options(toy_imagenet, **extra):
     opts = ['train_dataloader.batch_size=4', 'default_hooks.logger.interval=1']
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        opts += [f'{loader}.dataset.data_root={toy_imagenet["root"]}',
-                 f'{loader}.num_workers=0', f'{loader}.persistent_workers=False']
+    opts += loader_options(toy_imagenet['root'])
     return opts + [f'{k}={v}' for k, v in extra.items()]
 
 

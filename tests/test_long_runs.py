@@ -21,7 +21,7 @@ import torch
 from casvit_mm.checkpoint import safe_load
 from casvit_mm.engine import EXIT_DIVERGED, EXIT_PREEMPTED
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
-from conftest import ONE_THREAD, REPO, RETINA, logged_steps, toy_train_options
+from conftest import ONE_THREAD, REPO, RETINA, loader_options, logged_steps, toy_train_options
 
 # Deterministic CPU training (as the SIGKILL test of test_reliability.py).
 ENV = ONE_THREAD
@@ -121,9 +121,7 @@ def test_segmentation_and_classification_runs_stop_the_same_way(task, tmp_path):
     opts += ['optim_wrapper.optimizer.lr=1e6', 'default_hooks.checkpoint.interval=1',
              'default_hooks.checkpoint.by_epoch=False', 'train_dataloader.batch_size=2',
              'default_hooks.logger.interval=1']
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        opts += [f'{loader}.dataset.data_root={root}', f'{loader}.num_workers=0',
-                 f'{loader}.persistent_workers=False']
+    opts += loader_options(root)
     work = tmp_path / 'work'
     proc = subprocess.run([sys.executable, 'tools/train.py', config, '--work-dir', str(work),
                            '--cfg-options', *opts],

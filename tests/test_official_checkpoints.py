@@ -22,7 +22,7 @@ import casvit_mm  # noqa: F401  (registers CASViT and the safe loader)
 from casvit_mm.checkpoint import CheckpointError, UnsafeCheckpointError, safe_loader_is_registered
 from casvit_mm.apis import build_model
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
-from conftest import REPO
+from conftest import REPO, loader_options
 from reference_casvit import official_forward, official_state_dict
 
 CONFIGS = {
@@ -208,8 +208,7 @@ def toy(tmp_path_factory):
 
 def toy_options(toy):
     opts = cfg_options(toy['root'])
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        opts += [f'{loader}.num_workers=0', f'{loader}.persistent_workers=False']
+    opts += loader_options()
     return opts
 
 

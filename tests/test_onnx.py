@@ -25,7 +25,7 @@ from casvit_mm.onnx_export import (DetectorEnd2End, MaskRCNNEnd2End, SegmentorLa
                                    onnxruntime_session, openvino_model, run_onnxruntime,
                                    run_openvino)
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
-from conftest import REPO
+from conftest import REPO, loader_options
 
 TOL = 1e-4
 RETINA_TOY = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'
@@ -71,8 +71,7 @@ def toy_retinanet(tmp_path_factory):
     opts = cfg_options(toy['root']) + [
         'train_dataloader.batch_size=4', 'train_cfg.max_iters=40',
         'default_hooks.checkpoint.interval=40']
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        opts += [f'{loader}.num_workers=0', f'{loader}.persistent_workers=False']
+    opts += loader_options()
     proc = subprocess.run(
         [sys.executable, 'tools/train.py', RETINA_TOY, '--work-dir', str(work),
          '--cfg-options', *opts], cwd=REPO, capture_output=True, text=True, timeout=900,

@@ -26,8 +26,8 @@ from casvit_mm.checkpoint import safe_load
 from casvit_mm.engine import CPUAmpOptimWrapper, atomic_write, use_atomic_checkpoints
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
 from casvit_mm.utils import DataRootError, check_data_paths, missing_data_paths
-from conftest import (MASK, ONE_THREAD, REPO, RETINA, logged_steps, run_tool, run_tool_in_process,
-                      toy_train_options)
+from conftest import (MASK, ONE_THREAD, REPO, RETINA, loader_options, logged_steps, run_tool,
+                      run_tool_in_process, toy_train_options)
 
 SEG = 'configs/segmentation/fpn_casvit_xs_toy.py'
 CLS = 'configs/classification/casvit_xs_toy.py'
@@ -392,9 +392,7 @@ def test_mmengine_compile_option_traces_a_casvit_train_step(tmp_path):
     assert load(str(config)).optim_wrapper.paramwise_cfg  # the failing case is covered
     opts = ['train_cfg.max_epochs=1', 'train_dataloader.batch_size=8',
             'default_hooks.logger.interval=1', 'train_cfg.val_interval=10']
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        opts += [f'{loader}.dataset.data_root={data["root"]}', f'{loader}.num_workers=0',
-                 f'{loader}.persistent_workers=False']
+    opts += loader_options(data['root'])
     work = tmp_path / 'work'
     out = run('tools/train.py', config, '--work-dir', work, '--cfg-options', *opts)
     assert 'Model has been "compiled"' in out and 'PlainParamGroupsHook' in out

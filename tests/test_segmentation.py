@@ -20,7 +20,7 @@ from PIL import Image
 from casvit_mm import CASViT
 from casvit_mm.checkpoint import CheckpointError
 from casvit_mm.toy_data.ade import TOY_ADE_CLASSES, make_toy_ade
-from conftest import REPO, read_metrics, run_tool
+from conftest import REPO, loader_options, read_metrics, run_tool
 
 TOY = 'configs/segmentation/fpn_casvit_xs_toy.py'
 ARCHS = ('xs', 's', 'm', 't')
@@ -235,9 +235,7 @@ def trained(toy_ade, tmp_path_factory):
 
 def toy_options(toy_ade, **extra):
     opts = ['train_dataloader.batch_size=2', 'default_hooks.logger.interval=1']
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        opts += [f'{loader}.dataset.data_root={toy_ade["root"]}',
-                 f'{loader}.num_workers=0', f'{loader}.persistent_workers=False']
+    opts += loader_options(toy_ade['root'])
     return opts + [f'{k}={v}' for k, v in extra.items()]
 
 

@@ -13,18 +13,9 @@ start=$SECONDS
 echo "== 1/4 generating the toy image-folder set in data/toy_imagenet"
 "$PY" tools/dataset_converters/make_toy_imagenet.py data/toy_imagenet
 
-echo "== 2/4 training $CONFIG (from scratch)"
-rm -rf "$WORK"
-mkdir -p "$WORK"
-quiet "$WORK/train_console.log" "$PY" tools/train.py "$CONFIG" --work-dir "$WORK"
-train_done=$SECONDS
-CKPT=$(cat "$WORK/last_checkpoint")
-
-echo "== 3/4 testing $(basename "$CKPT") on the val split"
-quiet "$WORK/test_console.log" \
-  "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test" --out "$WORK/predictions.pkl"
+train_and_test "$CONFIG" "$WORK" "$WORK/predictions.pkl"
 
 echo "== 4/4 classifying one val image of each class"
 "$PY" demo/cls_demo.py data/toy_imagenet/val/*/*_0000.JPEG "$CONFIG" --weights "$CKPT"
 
-"$PY" tools/misc/demo_summary.py cls "$WORK" "$(( train_done - start ))" "$(( SECONDS - start ))"
+"$PY" tools/misc/demo_summary.py cls "$WORK" "$(( TRAINED_AT - start ))" "$(( SECONDS - start ))"

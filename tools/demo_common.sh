@@ -28,3 +28,20 @@ quiet() {
     exit "$status"
   fi
 }
+
+# train_and_test CONFIG WORK TEST_OUT: train CONFIG from scratch into WORK (a
+# fresh directory), then test its last checkpoint into WORK/test, writing the
+# predictions to TEST_OUT. Sets CKPT (the checkpoint) and TRAINED_AT (the
+# script's SECONDS when training ended).
+train_and_test() {
+  local config=$1 work=$2 out=$3
+  echo "== 2/4 training $config (from scratch)"
+  rm -rf "$work"
+  mkdir -p "$work"
+  quiet "$work/train_console.log" "$PY" tools/train.py "$config" --work-dir "$work"
+  TRAINED_AT=$SECONDS
+  CKPT=$(cat "$work/last_checkpoint")
+  echo "== 3/4 testing $(basename "$CKPT") on the validation split"
+  quiet "$work/test_console.log" \
+    "$PY" tools/test.py "$config" "$CKPT" --work-dir "$work/test" --out "$out"
+}

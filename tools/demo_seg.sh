@@ -13,19 +13,10 @@ start=$SECONDS
 echo "== 1/4 generating the toy ADE20K set in data/toy_ade"
 "$PY" tools/dataset_converters/make_toy_ade.py data/toy_ade
 
-echo "== 2/4 training $CONFIG (from scratch)"
-rm -rf "$WORK"
-mkdir -p "$WORK"
-quiet "$WORK/train_console.log" "$PY" tools/train.py "$CONFIG" --work-dir "$WORK"
-train_done=$SECONDS
-CKPT=$(cat "$WORK/last_checkpoint")
-
-echo "== 3/4 testing $(basename "$CKPT") on the validation split"
-quiet "$WORK/test_console.log" \
-  "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test" --out "$WORK/label_maps"
+train_and_test "$CONFIG" "$WORK" "$WORK/label_maps"
 
 echo "== 4/4 segmenting one validation image"
 "$PY" demo/seg_demo.py data/toy_ade/images/validation/ADE_val_00000001.jpg \
   "$CONFIG" --weights "$CKPT" --out "$WORK/overlay_ADE_val_00000001.png"
 
-"$PY" tools/misc/demo_summary.py seg "$WORK" "$(( train_done - start ))" "$(( SECONDS - start ))"
+"$PY" tools/misc/demo_summary.py seg "$WORK" "$(( TRAINED_AT - start ))" "$(( SECONDS - start ))"
