@@ -1,12 +1,16 @@
 """The generated toy COCO set: deterministic, valid COCO, exact boxes and masks."""
 import json
 import os.path as osp
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
 from casvit_mm.toy_data.coco import CLASSES, cfg_options, make_toy_coco
+from conftest import ONE_THREAD, REPO, RETINA
 
 
 def read(path):
@@ -69,3 +73,21 @@ def test_cfg_options_redirect_a_toy_config(tmp_path):
         assert cfg[loader].dataset.data_root == '/somewhere/toy/'
     for evaluator in ('val_evaluator', 'test_evaluator'):
         assert cfg[evaluator].ann_file == '/somewhere/toy/annotations/instances_val2017.json'
+
+
+def test_mmdets_own_get_flops_runs_on_the_toy_config(tmp_path):
+    """mmdet's analysis tools read ``val_dataloader``: the toy configs keep one."""
+    import mmdet
+    tool = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'analysis_tools',
+                    'get_flops.py')
+    if not osp.isfile(tool):
+        pytest.skip('this mmdet wheel ships no .mim/tools/analysis_tools/get_flops.py')
+    toy = make_toy_coco(str(tmp_path / 'toy'), num_train=2, num_val=2, image_size=64)
+    proc = subprocess.run(
+        [sys.executable, tool, RETINA, '--num-images', '1', '--cfg-options',
+         *cfg_options(toy['root'])], cwd=REPO, env=ONE_THREAD, capture_output=True,
+        text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    flops = re.search(r'Flops: ([\d.]+)G', proc.stdout)
+    assert flops and float(flops.group(1)) > 0, proc.stdout[-2000:]
+    assert 'Input shape: (64, 64)' in proc.stdout  # an image of the toy val split
