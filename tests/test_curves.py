@@ -11,7 +11,9 @@ from conftest import run_tool
 def write_scalars(path, with_val):
     records = [dict(lr=1e-3, loss=2.0 - 0.1 * i, loss_cls=1.0, step=i + 1) for i in range(10)]
     if with_val:
-        records.append({'coco/bbox_mAP': 0.25, 'coco/bbox_mAP_50': 0.5, 'step': 10})
+        # bbox_mAP_l: COCO's -1 for "no large objects", at every validation
+        records.append({'coco/bbox_mAP': 0.25, 'coco/bbox_mAP_50': 0.5,
+                        'coco/bbox_mAP_l': -1.0, 'step': 10})
     path.parent.mkdir(parents=True)
     path.write_text(''.join(json.dumps(r) + '\n' for r in records))
     return path
@@ -22,6 +24,7 @@ def test_plot_curves_draws_loss_and_metrics(with_val, tmp_path):
     scalars = write_scalars(tmp_path / 'run' / 'vis_data' / 'scalars.json', with_val)
     train, val = read_scalars(scalars)
     assert len(train) == 10 and len(val) == int(with_val)
+    # every metric that has a value is drawn; the one that is -1 throughout is not
     drawn = plot_curves(str(scalars), str(tmp_path / 'out' / 'curves.png'), title='toy')
     metrics = ['coco/bbox_mAP', 'coco/bbox_mAP_50'] if with_val else []
     assert drawn == ['loss', *metrics]

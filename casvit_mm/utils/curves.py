@@ -26,14 +26,17 @@ def read_scalars(path):
 
 
 def _metric_keys(val):
-    """The validation metrics worth a curve: numbers other than step/time."""
+    """The validation metrics worth a curve: numbers other than step/time,
+    leaving out those that are -1 at every validation (COCO's "not
+    applicable", e.g. ``bbox_mAP_l`` on a set without large objects), which
+    would only stretch the axis."""
     keys = []
     for record in val:
         for key, value in record.items():
             if key not in ('step', 'epoch', 'iter', 'time', 'data_time') \
                     and isinstance(value, (int, float)) and key not in keys:
                 keys.append(key)
-    return keys
+    return [k for k in keys if any(r.get(k, -1) != -1 for r in val)]
 
 
 def plot_curves(scalars, out_file, title=None):
