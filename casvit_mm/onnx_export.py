@@ -20,8 +20,10 @@ def _normalise(data_preprocessor, images):
     padding to ``pad_size_divisor``, bottom and right. Images come as loaded
     (float, 0-255, BGR)."""
     pre = data_preprocessor
-    # mmengine's ImgDataPreprocessor (mmdet) and mmseg's own name the flag differently
-    if getattr(pre, '_channel_conversion', getattr(pre, 'channel_conversion', False)):
+    # mmengine's ImgDataPreprocessor (mmdet), mmseg's and mmpretrain's own name the
+    # flag differently
+    if getattr(pre, '_channel_conversion', getattr(pre, 'channel_conversion',
+                                                   getattr(pre, 'to_rgb', False))):
         images = images[:, [2, 1, 0]]
     if getattr(pre, '_enable_normalize', False):
         images = (images - pre.mean) / pre.std
