@@ -38,15 +38,18 @@ __all__ = ['ClassifierScores', 'DataloaderCalibration', 'QuantizationError', 'de
 
 # The key under which the exporter records the kind of graph in the ONNX file.
 KIND_KEY = 'casvit_mm.kind'
-# Per kind: the wrapper attribute holding the model, and the model's children
-# that are the network (their nodes are quantized; the rest stays float).
+# Per kind: the modules of the model that are the network (their nodes are
+# quantized; the rest stays float). The TorchScript exporter names each node
+# after the innermost module *called* while tracing, so the wrapper's own ops
+# (normalisation, decoding, NMS, resizing) have top-level names ('/TopK') and
+# the network's start with the name of the module called ('/backbone/...',
+# '/bbox_head/...'): the first segment of a name says where a node belongs.
 NETWORK_SCOPES = {
-    'retinanet': ('detector', ['backbone', 'neck', 'bbox_head']),
-    'mask_rcnn': ('detector', ['backbone', 'neck', 'rpn_head', 'roi_head/bbox_head',
-                               'roi_head/mask_head']),
-    'segmentor': ('segmentor', ['backbone', 'neck', 'decode_head']),
-    'classifier': ('classifier', ['backbone', 'neck', 'head']),
-    'backbone': (None, ['']),
+    'retinanet': ['backbone', 'neck', 'bbox_head'],
+    'mask_rcnn': ['backbone', 'neck', 'rpn_head', 'bbox_head', 'mask_head'],
+    'segmentor': ['backbone', 'neck', 'decode_head'],
+    'classifier': ['backbone', 'neck', 'head'],
+    'backbone': None,  # the whole graph is the network
 }
 OUTPUT_NAMES = {
     'retinanet': ['boxes', 'scores', 'labels'],
@@ -156,11 +159,9 @@ def read_kind(path):
 def network_nodes(proto, kind, op_types=DEFAULT_OP_TYPES):
     """Names of the nodes of ``proto`` (an exported ``kind``) to quantize: those
     of ``op_types`` made by the network's modules (``NETWORK_SCOPES``)."""
-    wrapper, children = NETWORK_SCOPES[kind]
-    prefixes = tuple('/' + '/'.join(filter(None, [wrapper, c])) for c in children)
-    prefixes = tuple(p.rstrip('/') + '/' for p in prefixes)
-    return [n.name for n in proto.graph.node
-            if n.op_type in op_types and n.name.startswith(prefixes)]
+    scopes = NETWORK_SCOPES[kind]
+    return [n.name for n in proto.graph.node if n.op_type in op_types and (
+        scopes is None or n.name.lstrip('/').split('/')[0] in scopes)]
 
 
 def quantized_ops(proto_or_path):
