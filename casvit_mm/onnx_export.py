@@ -44,19 +44,23 @@ class SegmentorLabelMap(nn.Module):
     channel order the config's data preprocessor expects) -> ``(B, H, W)``
     int64 labels: normalisation, network, logits resized to the input size
     (as mmseg's ``predict`` does for whole-image inference) and argmax, all in
-    the graph.
+    the graph. ``with_logits=True`` also returns the ``(B, C, H, W)`` logits
+    at input size, for a caller that resizes them to the original image as
+    mmseg's ``postprocess_result`` does before its argmax (the evaluation of
+    ``casvit_mm.quantization``).
     """
 
-    def __init__(self, segmentor):
+    def __init__(self, segmentor, with_logits=False):
         super().__init__()
         self.segmentor = segmentor
+        self.with_logits = with_logits
 
     def forward(self, images):
         seg = self.segmentor
         logits = seg._forward(_normalise(seg.data_preprocessor, images))
         logits = F.interpolate(logits, size=images.shape[2:], mode='bilinear',
                                align_corners=seg.decode_head.align_corners)
-        return logits.argmax(1)
+        return (logits.argmax(1), logits) if self.with_logits else logits.argmax(1)
 
 
 class _NonMaxSuppression(torch.autograd.Function):

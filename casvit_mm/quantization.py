@@ -23,6 +23,7 @@ run, as importable pieces (the tests run exactly these):
 import copy
 import os.path as osp
 from collections import Counter
+from functools import partial
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ NETWORK_SCOPES = {
 OUTPUT_NAMES = {
     'retinanet': ['boxes', 'scores', 'labels'],
     'mask_rcnn': ['boxes', 'scores', 'labels', 'masks'],
-    'segmentor': ['labels'],
+    'segmentor': ['labels', 'logits'],
     'classifier': ['scores'],
 }
 # Op types quantized by default inside the network. Convolutions and matrix
@@ -113,7 +114,8 @@ def deploy_wrapper(model, kind):
         return switch_model_to_deploy(copy.deepcopy(model.backbone), channels_last=False)
     deployed = switch_model_to_deploy(copy.deepcopy(model), channels_last=False)
     return {'retinanet': DetectorEnd2End, 'mask_rcnn': MaskRCNNEnd2End,
-            'segmentor': SegmentorLabelMap, 'classifier': ClassifierScores}[kind](deployed)
+            'segmentor': partial(SegmentorLabelMap, with_logits=True),
+            'classifier': ClassifierScores}[kind](deployed)
 
 
 def export_for_quantization(module, example, path, kind):
@@ -333,7 +335,7 @@ def quantize_onnx(fp32_path, int8_path, calibration, kind=None, op_types=DEFAULT
 
 
 # ------------------------------------------------------------------ evaluation
-def _predictions(kind, outputs, data_samples, size):
+def _predictions(kind, outputs, data_samples, align_corners=False):
     """Fill the batch's data samples with the graph's outputs the way the
     model's ``predict`` would (rescaled to the original image, for the metric)."""
     from mmengine.structures import InstanceData, PixelData
@@ -351,12 +353,12 @@ def _predictions(kind, outputs, data_samples, size):
                 oh, ow = sample.metainfo['ori_shape'][:2]
                 inst.masks = F.interpolate(masks, size=(oh, ow), mode='bilinear')[0] >= 0.5
             sample.pred_instances = inst
-        elif kind == 'segmentor':
+        elif kind == 'segmentor':  # mmseg's postprocess_result: logits resized, argmax
             h, w = sample.metainfo['img_shape'][:2]
-            labels = torch.from_numpy(outputs[0][b][:h, :w])[None, None].float()
-            labels = F.interpolate(labels, size=sample.metainfo['ori_shape'][:2],
-                                   mode='nearest')[0].long()
-            sample.pred_sem_seg = PixelData(data=labels)
+            logits = torch.from_numpy(outputs[1][b][None, :, :h, :w])
+            logits = F.interpolate(logits, size=sample.metainfo['ori_shape'][:2],
+                                   mode='bilinear', align_corners=align_corners)
+            sample.pred_sem_seg = PixelData(data=logits.argmax(1))
         elif kind == 'classifier':
             scores = torch.from_numpy(outputs[0][b])
             sample.set_pred_score(scores).set_pred_label(scores.argmax(keepdim=True))
@@ -370,8 +372,8 @@ def evaluate_onnx(paths, cfg, model, shape, threads=None, max_images=None):
     same batches. Each batch goes through the file as the deployed model
     would see it (images as loaded, padded to ``shape``); its outputs are put
     in the batch's data samples as the model's ``predict`` puts them (boxes
-    rescaled to the original image; label maps cropped to the image and
-    resized to the original size with nearest neighbours; class scores) and
+    rescaled to the original image; the logits cropped to the image, resized
+    to the original size and argmaxed; class scores) and
     the config's own evaluator (mmdet's CocoMetric, mmseg's IoUMetric,
     mmpretrain's Accuracy) computes the metric.
 
@@ -393,12 +395,14 @@ def evaluate_onnx(paths, cfg, model, shape, threads=None, max_images=None):
     for ev in evaluators:
         ev.dataset_meta = loader.dataset.metainfo
     sessions = [onnxruntime_session(p, threads) for p in paths]
+    align_corners = getattr(getattr(model, 'decode_head', None), 'align_corners', False)
     seen = 0
     for data in loader:
         images = batch_images(data, model, kind, shape)
         for session, ev in zip(sessions, evaluators):
             outputs = run_onnxruntime(session, images)
-            samples = _predictions(kind, outputs, copy.deepcopy(data['data_samples']), shape)
+            samples = _predictions(kind, outputs, copy.deepcopy(data['data_samples']),
+                                   align_corners)
             ev.process(data_samples=samples, data_batch=data)
         seen += len(images)
         if max_images and seen >= max_images:

@@ -26,6 +26,8 @@ Examples:
       --checkpoint CKPT --shape 800 1344 --backbone-only
 """
 import argparse
+import contextlib
+import io
 import os
 import os.path as osp
 import statistics
@@ -41,6 +43,11 @@ from casvit_mm.quantization import (DEFAULT_OP_TYPES, DataloaderCalibration, Qua
                                     batch_images, calibration_loader, deploy_wrapper,
                                     evaluate_onnx, export_for_quantization, input_shape,
                                     model_kind, quantize_onnx, quantized_ops, read_kind)
+
+# The metrics --max-drop checks: what the codebases report first. The per-size
+# COCO APs and mAP@0.75 are printed but not checked (a few objects each on
+# small val splits: one detection moves them by a point).
+HEADLINE = ('bbox_mAP', 'bbox_mAP_50', 'segm_mAP', 'segm_mAP_50', 'mIoU', 'accuracy/top1')
 
 
 def parse_args():
@@ -167,19 +174,26 @@ def main():
         return
     if kind == 'backbone':
         raise SystemExit('--eval needs a whole model (the backbone alone has no metric)')
-    metrics32, metrics8 = evaluate_onnx([fp32, int8], cfg, model, shape, args.threads)
-    worst = 0.
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables
+        metrics32, metrics8 = evaluate_onnx([fp32, int8], cfg, model, shape, args.threads)
+    worst, checked = 0., []
     print(f'{"metric":<28}{"fp32":>10}{"int8":>10}{"int8 - fp32":>14}')
     for key, value in metrics32.items():
-        if not isinstance(value, (int, float)):
+        try:  # scalars only (mmseg's are numpy floats); skip per-class tables
+            value, metrics8[key] = float(value), float(metrics8[key])
+        except (TypeError, ValueError):
             continue
         scale = 100. if value > 1 or metrics8[key] > 1 or 'mIoU' in key or 'accuracy' in key \
             or key.startswith(('aAcc', 'mAcc')) else 1.  # mmseg / mmpretrain report percent
         drop = (value - metrics8[key]) / scale
-        worst = max(worst, drop)
-        print(f'{key:<28}{value / scale:>10.4f}{metrics8[key] / scale:>10.4f}{-drop:>+14.4f}')
+        headline = key.endswith(HEADLINE)
+        if headline:
+            worst, checked = max(worst, drop), checked + [key]
+        print(f'{key:<28}{value / scale:>10.4f}{metrics8[key] / scale:>10.4f}{-drop:>+14.4f}'
+              f'{"" if headline else "  (not checked)"}')
     ok = worst <= args.max_drop
-    print(f'{"OK  " if ok else "FAIL"} largest loss {worst:.4f} (allowed {args.max_drop:g})')
+    print(f'{"OK  " if ok else "FAIL"} largest loss {worst:.4f} on {", ".join(checked)} '
+          f'(allowed {args.max_drop:g})')
     sys.exit(0 if ok else 1)
 
 
