@@ -449,7 +449,8 @@ def match_detections(reference, detections, iou=0.99, score_tol=1e-3):
     return len(matched_pairs(reference, detections, iou, score_tol)) / len(reference[0])
 
 
-def export_onnx(module, example, path, dynamo=True, output_names=None, dynamic_batch=False):
+def export_onnx(module, example, path, dynamo=True, output_names=None, dynamic_batch=False,
+                opset=17):
     """Export ``module`` called on the tensor ``example`` to ``path``.
 
     Shapes are static, except the batch with ``dynamic_batch``.
@@ -459,6 +460,8 @@ def export_onnx(module, example, path, dynamo=True, output_names=None, dynamic_b
     checked to give the same outputs for CAS-ViT and Semantic FPN. Whole
     detectors need ``dynamo=False``: their NMS is a PyTorch autograd function
     with an ONNX symbolic, which only the TorchScript exporter honours.
+    ``opset`` (TorchScript exporter only): 17 by default; from 20 on GELU is
+    one ``Gelu`` node instead of five element-wise ops.
     """
     import warnings
     module = module.eval()
@@ -471,7 +474,7 @@ def export_onnx(module, example, path, dynamo=True, output_names=None, dynamic_b
             names = ['images'] + list(output_names or [])
             kwargs['dynamic_axes'] = {name: {0: 'batch'} for name in names}
         if not dynamo:
-            kwargs['opset_version'] = 17
+            kwargs['opset_version'] = opset
         torch.onnx.export(module, (example, ), path, **kwargs)
     return path
 

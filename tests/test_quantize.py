@@ -39,7 +39,7 @@ def toy_cls_config(root):
 
 @pytest.fixture(scope='module')
 def toy_classifier(tmp_path_factory):
-    """CAS-ViT-XS trained 30 steps on the toy image-folder set (a few seconds),
+    """CAS-ViT-XS trained 80 steps on the toy image-folder set (about 10 s),
     saved as a checkpoint: weights and BN statistics that a model learnt."""
     tmp = tmp_path_factory.mktemp('toy_cls')
     root = str(tmp / 'toy_imagenet')
@@ -48,12 +48,12 @@ def toy_classifier(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
-    optim = OptimWrapper(torch.optim.AdamW(model.parameters(), lr=2e-3))
+    optim = OptimWrapper(torch.optim.AdamW(model.parameters(), lr=1e-3))
     loader = Runner.build_dataloader(
         dict(cfg.train_dataloader, batch_size=8, sampler=dict(type='DefaultSampler',
                                                               shuffle=True)), seed=0)
     step = 0
-    while step < 30:
+    while step < 80:
         for data in loader:
             model.train_step(data, optim)
             step += 1

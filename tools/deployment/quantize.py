@@ -66,9 +66,11 @@ def parse_args():
                         help='images to calibrate on (default 32)')
     parser.add_argument('--calib-split', choices=['train', 'val'], default='train')
     parser.add_argument('--calib-batch', type=int, default=8)
-    parser.add_argument('--op-types', nargs='+', default=list(DEFAULT_OP_TYPES),
-                        help=f'op types of the network to quantize (default: '
-                        f'{" ".join(DEFAULT_OP_TYPES)})')
+    parser.add_argument('--op-types', nargs='+', default=DEFAULT_OP_TYPES,
+                        help='op types of the network to quantize (default: every op '
+                        'onnxruntime quantizes)')
+    parser.add_argument('--float-op-types', nargs='*', default=[], metavar='OP',
+                        help='op types of the network to keep float (e.g. Sigmoid)')
     parser.add_argument('--exclude', nargs='*', default=[], metavar='NODE',
                         help='node names to keep float (see the fp32 file in Netron)')
     parser.add_argument('--out-dir', default='work_dirs/quantize')
@@ -153,7 +155,7 @@ def main():
         calibration = DataloaderCalibration(cfg, model, kind, shape, args.calib_images,
                                             args.calib_batch, args.calib_split)
         quantize_onnx(fp32, int8, calibration, kind, op_types=args.op_types,
-                      exclude=args.exclude)
+                      float_op_types=args.float_op_types, exclude=args.exclude)
     except QuantizationError as e:
         raise SystemExit(str(e))
     ops = quantized_ops(int8)
