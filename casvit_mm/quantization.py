@@ -123,7 +123,7 @@ def deploy_wrapper(model, kind):
             'classifier': ClassifierScores}[kind](deployed)
 
 
-def export_for_quantization(module, example, path, kind):
+def export_for_quantization(module, example, path, kind, output_names=None):
     """Export ``module`` at ``example``'s image size, batch dynamic, and record
     ``kind`` in the file's metadata.
 
@@ -133,8 +133,9 @@ def export_for_quantization(module, example, path, kind):
     and the detectors' NMS needs it anyway.
     """
     import onnx
-    export_onnx(module, example, path, dynamo=False, output_names=OUTPUT_NAMES.get(kind),
-                dynamic_batch=True, opset=OPSET)
+    export_onnx(module, example, path, dynamo=False,
+                output_names=output_names or OUTPUT_NAMES.get(kind), dynamic_batch=True,
+                opset=OPSET)
     proto = onnx.load(path)
     entry = proto.metadata_props.add()
     entry.key, entry.value = KIND_KEY, kind
