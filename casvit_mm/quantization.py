@@ -247,8 +247,10 @@ def calibration_loader(cfg, split, batch_size, seed=0):
         dataset.test_mode = True
     else:
         raise QuantizationError(f'calibration split {split!r}: use train or val')
+    # the sampler's own seed: without one, mmengine's DefaultSampler draws a random
+    # seed, and every run would calibrate on other images
     loader.update(batch_size=batch_size, num_workers=0, persistent_workers=False,
-                  sampler=dict(type='DefaultSampler', shuffle=True))
+                  sampler=dict(type='DefaultSampler', shuffle=True, seed=seed))
     loader.pop('batch_sampler', None)
     return Runner.build_dataloader(loader, seed=seed)
 
