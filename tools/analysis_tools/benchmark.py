@@ -28,6 +28,7 @@ Variants (--variants), each from the same random weights:
                      uint8 activations, the network's ops only; NMS, decoding, argmax
                      float), calibrated on --int8-calib random inputs (timing only: the
                      accuracy cost is measured by quantize.py --eval on real data)
+  int8-openvino      the same int8 file run by OpenVINO (pip install openvino)
 Rows:
   backbones at each --inputs, with mmdet's ResNet-18 and ResNet-50 (the same
   output stages, eval). Whole models (--models) built from configs/ with random
@@ -70,7 +71,7 @@ from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap,
                                    run_onnxruntime, run_openvino)
 
 VARIANTS = ['eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy', 'nchw', 'compile',
-            'freezing', 'onnx', 'openvino', 'int8']
+            'freezing', 'onnx', 'openvino', 'int8', 'int8-openvino']
 
 MODEL_CONFIGS = {
     'retinanet': 'configs/detection/retinanet_casvit_{arch}.py',
@@ -201,7 +202,7 @@ def casvit_variants(name, base, variants, fn, batch, onnx=None):
     baseline = (name, 'eval')
     out = []
     for variant in variants:
-        if variant in ('onnx', 'openvino', 'int8'):
+        if variant in ('onnx', 'openvino', 'int8', 'int8-openvino'):
             if onnx is not None:
                 out.append(Variant(name, variant, onnx(variant), batch, baseline))
             continue
@@ -218,13 +219,17 @@ def onnx_runner(module, example, path, threads, kind=None, int8_calib=2, output_
     callable running the file in onnxruntime (``'onnx'``) or OpenVINO; for
     ``'int8'`` the ``kind`` of casvit_mm.quantization exported and quantized."""
     def make(runtime):
-        if runtime == 'int8':
+        if runtime in ('int8', 'int8-openvino'):
             from casvit_mm.quantization import (export_for_quantization, quantize_onnx,
                                                 random_calibration)
-            fp32 = export_for_quantization(module.eval(), example, path[:-5] + '_q.onnx', kind,
-                                           output_names)
-            int8 = quantize_onnx(fp32, path[:-5] + '_int8.onnx',
-                                 random_calibration(example, int8_calib))
+            int8 = path[:-5] + '_int8.onnx'
+            if not osp.isfile(int8):  # one file for both runtimes
+                fp32 = export_for_quantization(module.eval(), example, path[:-5] + '_q.onnx',
+                                               kind, output_names)
+                quantize_onnx(fp32, int8, random_calibration(example, int8_calib))
+            if runtime == 'int8-openvino':
+                model = openvino_model(int8, threads)
+                return lambda: run_openvino(model, example)
             session = onnxruntime_session(int8, threads, spinning=False)
             return lambda: run_onnxruntime(session, example)
         if not osp.isfile(path):
@@ -283,7 +288,7 @@ def profile(variants, top):
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
     for v in variants:
-        if v.variant in ('onnx', 'openvino', 'int8'):
+        if v.variant in ('onnx', 'openvino', 'int8', 'int8-openvino'):
             continue
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             v()
@@ -328,7 +333,7 @@ def main():
     except ImportError:
         if {'onnx', 'int8'} & set(args.variants):
             raise SystemExit('--variants onnx / int8 need onnxruntime: pip install onnxruntime')
-    if 'openvino' in args.variants:
+    if {'openvino', 'int8-openvino'} & set(args.variants):
         try:
             import openvino
             meta['openvino'] = openvino.__version__
