@@ -107,6 +107,13 @@ def test_toy_classifier_end_to_end(toy_classifier, tmp_path):
           f'fp32| = {mean_error:.4f}, top-1 agreement {agree:.3f}')
     assert 0 < error < SCORE_TOL, error
     assert mean_error < MEAN_SCORE_TOL and agree >= 0.9
+    try:  # OpenVINO runs the same int8 file (benchmark's int8-openvino, --openvino)
+        from casvit_mm.onnx_export import openvino_model, run_openvino
+        scores_ov = run_openvino(openvino_model(int8, threads=1), images)[0]
+    except ImportError:
+        return
+    assert float(np.abs(scores_ov - scores8).mean()) < MEAN_SCORE_TOL
+    assert (scores_ov.argmax(1) == scores8.argmax(1)).mean() >= 0.9
 
 
 def test_evaluate_fp32_file_matches_pytorch_accuracy(toy_classifier, tmp_path):
