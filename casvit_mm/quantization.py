@@ -21,6 +21,7 @@ run, as importable pieces (the tests run exactly these):
   Accuracy), so fp32 and int8 are compared with the metric MM reports.
 """
 import copy
+import os
 import os.path as osp
 from collections import Counter
 from functools import partial
@@ -186,8 +187,9 @@ def quantized_ops(proto_or_path):
 
 
 class DataloaderCalibration:
-    """onnxruntime ``CalibrationDataReader`` over ``num_images`` images of a
-    config's dataset, in batches, as the exported graph takes them.
+    """Calibration batches over ``num_images`` images of a config's dataset,
+    as the exported graph takes them (``get_next()`` as onnxruntime's
+    ``CalibrationDataReader``; iterable, which is what ``quantize_onnx`` takes).
 
     ``split='train'``: the training images through the *test* pipeline (the
     preprocessing the deployed model sees, without training augmentation,
@@ -205,7 +207,6 @@ class DataloaderCalibration:
         self._iter = iter(self.loader)
 
     def get_next(self):
-        from onnxruntime.quantization import CalibrationDataReader  # noqa: F401 (the contract)
         if self.seen >= self.num_images:
             return None
         try:
@@ -287,7 +288,8 @@ def batch_images(data, model, kind, shape):
 
 
 def input_shape(cfg, split='val'):
-    """(H, W) of the first image of ``split`` after the test pipeline."""
+    """(H, W) of an image of ``split`` (the seeded draw's first) after the test
+    pipeline: the export size when the user gives none."""
     loader = calibration_loader(cfg, split, 1)
     return tuple(next(iter(loader))['inputs'][0].shape[1:])
 
@@ -338,7 +340,6 @@ def quantize_onnx(fp32_path, int8_path, calibration, kind=None, op_types=DEFAULT
                         extra_options=dict(ActivationSymmetric=False))
     finally:
         if source != fp32_path and osp.isfile(source):
-            import os
             os.remove(source)
     quantized = onnx.load(int8_path)
     quantized.metadata_props.extend(

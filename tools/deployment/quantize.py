@@ -62,7 +62,7 @@ def parse_args():
     parser.add_argument('--backbone-only', action='store_true',
                         help='quantize the deployed backbone alone (image -> feature maps)')
     parser.add_argument('--shape', nargs=2, type=int, metavar=('H', 'W'),
-                        help='exported image size (default: the first val image after the '
+                        help='exported image size (default: that of a val image after the '
                         'test pipeline); smaller images are padded bottom-right')
     parser.add_argument('--calib-images', type=int, default=32,
                         help='images to calibrate on (default 32)')
