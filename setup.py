@@ -45,7 +45,7 @@ setup(
         'mmpretrain>=1.2.0,<1.3',
     ],
     extras_require={
-        'tests': ['pytest>=7', 'onnx', 'onnxruntime', 'onnxscript'],
+        'tests': ['pytest>=7', 'onnx', 'onnxruntime', 'onnxscript', 'openvino'],
     },
     zip_safe=False,
 )

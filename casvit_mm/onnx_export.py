@@ -20,8 +20,10 @@ def _normalise(data_preprocessor, images):
     padding to ``pad_size_divisor``, bottom and right. Images come as loaded
     (float, 0-255, BGR)."""
     pre = data_preprocessor
-    # mmengine's ImgDataPreprocessor (mmdet) and mmseg's own name the flag differently
-    if getattr(pre, '_channel_conversion', getattr(pre, 'channel_conversion', False)):
+    # mmengine's ImgDataPreprocessor (mmdet), mmseg's and mmpretrain's own name the
+    # flag differently
+    if getattr(pre, '_channel_conversion', getattr(pre, 'channel_conversion',
+                                                   getattr(pre, 'to_rgb', False))):
         images = images[:, [2, 1, 0]]
     if getattr(pre, '_enable_normalize', False):
         images = (images - pre.mean) / pre.std
@@ -42,19 +44,23 @@ class SegmentorLabelMap(nn.Module):
     channel order the config's data preprocessor expects) -> ``(B, H, W)``
     int64 labels: normalisation, network, logits resized to the input size
     (as mmseg's ``predict`` does for whole-image inference) and argmax, all in
-    the graph.
+    the graph. ``with_logits=True`` also returns the ``(B, C, H, W)`` logits
+    at input size, for a caller that resizes them to the original image as
+    mmseg's ``postprocess_result`` does before its argmax (the evaluation of
+    ``casvit_mm.quantization``).
     """
 
-    def __init__(self, segmentor):
+    def __init__(self, segmentor, with_logits=False):
         super().__init__()
         self.segmentor = segmentor
+        self.with_logits = with_logits
 
     def forward(self, images):
         seg = self.segmentor
         logits = seg._forward(_normalise(seg.data_preprocessor, images))
         logits = F.interpolate(logits, size=images.shape[2:], mode='bilinear',
                                align_corners=seg.decode_head.align_corners)
-        return logits.argmax(1)
+        return (logits.argmax(1), logits) if self.with_logits else logits.argmax(1)
 
 
 class _NonMaxSuppression(torch.autograd.Function):
@@ -443,7 +449,8 @@ def match_detections(reference, detections, iou=0.99, score_tol=1e-3):
     return len(matched_pairs(reference, detections, iou, score_tol)) / len(reference[0])
 
 
-def export_onnx(module, example, path, dynamo=True, output_names=None, dynamic_batch=False):
+def export_onnx(module, example, path, dynamo=True, output_names=None, dynamic_batch=False,
+                opset=17):
     """Export ``module`` called on the tensor ``example`` to ``path``.
 
     Shapes are static, except the batch with ``dynamic_batch``.
@@ -453,6 +460,8 @@ def export_onnx(module, example, path, dynamo=True, output_names=None, dynamic_b
     checked to give the same outputs for CAS-ViT and Semantic FPN. Whole
     detectors need ``dynamo=False``: their NMS is a PyTorch autograd function
     with an ONNX symbolic, which only the TorchScript exporter honours.
+    ``opset`` (TorchScript exporter only): 17 by default; from 20 on GELU is
+    one ``Gelu`` node instead of five element-wise ops.
     """
     import warnings
     module = module.eval()
@@ -465,7 +474,7 @@ def export_onnx(module, example, path, dynamo=True, output_names=None, dynamic_b
             names = ['images'] + list(output_names or [])
             kwargs['dynamic_axes'] = {name: {0: 'batch'} for name in names}
         if not dynamo:
-            kwargs['opset_version'] = 17
+            kwargs['opset_version'] = opset
         torch.onnx.export(module, (example, ), path, **kwargs)
     return path
 

@@ -58,6 +58,11 @@ def build_model(config, checkpoint=None, with_cp=None):
     if models is None:
         raise ImportError(f'default_scope={scope!r}: {scope} is not installed')
     model_cfg = copy.deepcopy(cfg.model)
+    # mmpretrain configs give the data preprocessor at the top level, and
+    # mmengine's Runner moves it into the model; without it the model would
+    # see unnormalised images
+    if cfg.get('data_preprocessor') is not None:
+        model_cfg.setdefault('data_preprocessor', copy.deepcopy(cfg.data_preprocessor))
     if 'pretrained' in model_cfg:
         model_cfg.pretrained = None
     if 'backbone' in model_cfg:

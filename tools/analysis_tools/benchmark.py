@@ -23,6 +23,12 @@ Variants (--variants), each from the same random weights:
   onnx               the deployed network exported and run in onnxruntime (backbones;
                      RetinaNet image -> boxes after NMS; Semantic FPN image -> label map)
   openvino           the same ONNX file run by OpenVINO (pip install openvino), fp32
+  int8               the deployed network statically quantized by onnxruntime (what
+                     tools/deployment/quantize.py writes: QDQ, int8 weights per channel,
+                     uint8 activations, the network's ops only; NMS, decoding, argmax
+                     float), calibrated on --int8-calib random inputs (timing only: the
+                     accuracy cost is measured by quantize.py --eval on real data)
+  int8-openvino      the same int8 file run by OpenVINO (pip install openvino)
 Rows:
   backbones at each --inputs, with mmdet's ResNet-18 and ResNet-50 (the same
   output stages, eval). Whole models (--models) built from configs/ with random
@@ -42,6 +48,8 @@ Examples:
   # a quick look
   python tools/analysis_tools/benchmark.py --arch xs --inputs 1x3x512x512 \
       --models none --repeats 3
+  # INT8 (docs/quantization.md): fp32 and int8 onnxruntime against ResNet-18/50
+  python tools/analysis_tools/benchmark.py --variants eval onnx int8 --models retinanet
 """
 import argparse
 import copy
@@ -63,7 +71,7 @@ from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap,
                                    run_onnxruntime, run_openvino)
 
 VARIANTS = ['eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy', 'nchw', 'compile',
-            'freezing', 'onnx', 'openvino']
+            'freezing', 'onnx', 'openvino', 'int8', 'int8-openvino']
 
 MODEL_CONFIGS = {
     'retinanet': 'configs/detection/retinanet_casvit_{arch}.py',
@@ -99,6 +107,8 @@ def parse_args():
     parser.add_argument('--profile', type=int, default=0, metavar='N',
                         help='after timing, profile one run of each PyTorch variant and '
                         'print its N most expensive op types (self CPU time)')
+    parser.add_argument('--int8-calib', type=int, default=2, metavar='N',
+                        help='random calibration batches of the int8 variant (default 2)')
     parser.add_argument('--json', help='also write the results to this JSON file')
     return parser.parse_args()
 
@@ -192,7 +202,7 @@ def casvit_variants(name, base, variants, fn, batch, onnx=None):
     baseline = (name, 'eval')
     out = []
     for variant in variants:
-        if variant in ('onnx', 'openvino'):
+        if variant in ('onnx', 'openvino', 'int8', 'int8-openvino'):
             if onnx is not None:
                 out.append(Variant(name, variant, onnx(variant), batch, baseline))
             continue
@@ -203,10 +213,25 @@ def casvit_variants(name, base, variants, fn, batch, onnx=None):
     return out
 
 
-def onnx_runner(module, example, path, threads, **kwargs):
+def onnx_runner(module, example, path, threads, kind=None, int8_calib=2, output_names=None,
+                **kwargs):
     """``make(runtime)``: export ``module`` at ``example`` (once), return a
-    callable running the file in onnxruntime (``'onnx'``) or OpenVINO."""
+    callable running the file in onnxruntime (``'onnx'``) or OpenVINO; for
+    ``'int8'`` the ``kind`` of casvit_mm.quantization exported and quantized."""
     def make(runtime):
+        if runtime in ('int8', 'int8-openvino'):
+            from casvit_mm.quantization import (export_for_quantization, quantize_onnx,
+                                                random_calibration)
+            int8 = path[:-5] + '_int8.onnx'
+            if not osp.isfile(int8):  # one file for both runtimes
+                fp32 = export_for_quantization(module.eval(), example, path[:-5] + '_q.onnx',
+                                               kind, output_names)
+                quantize_onnx(fp32, int8, random_calibration(example, int8_calib))
+            if runtime == 'int8-openvino':
+                model = openvino_model(int8, threads)
+                return lambda: run_openvino(model, example)
+            session = onnxruntime_session(int8, threads, spinning=False)
+            return lambda: run_onnxruntime(session, example)
         if not osp.isfile(path):
             export_onnx(module.eval(), example, path, **kwargs)
         if runtime == 'openvino':
@@ -263,7 +288,7 @@ def profile(variants, top):
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
     for v in variants:
-        if v.variant == 'onnx':
+        if v.variant in ('onnx', 'openvino', 'int8', 'int8-openvino'):
             continue
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             v()
@@ -306,9 +331,9 @@ def main():
         import onnxruntime
         meta['onnxruntime'] = onnxruntime.__version__
     except ImportError:
-        if 'onnx' in args.variants:
-            raise SystemExit('--variants onnx needs onnxruntime: pip install onnxruntime')
-    if 'openvino' in args.variants:
+        if {'onnx', 'int8'} & set(args.variants):
+            raise SystemExit('--variants onnx / int8 need onnxruntime: pip install onnxruntime')
+    if {'openvino', 'int8-openvino'} & set(args.variants):
         try:
             import openvino
             meta['openvino'] = openvino.__version__
@@ -340,7 +365,8 @@ def main():
                 variants += casvit_variants(
                     f'casvit-{arch}', base, args.variants, lambda m: m(example), shape[0],
                     onnx=onnx_runner(fused_copy(base, 'nchw'), example,
-                                     onnx_path(f'casvit-{arch}'), args.threads))
+                                     onnx_path(f'casvit-{arch}'), args.threads,
+                                     kind='backbone', int8_calib=args.int8_calib))
             for name in args.baselines:
                 model = resnet(int(name[len('resnet'):]))
                 variants.append(Variant(name, 'eval', lambda m=model: m(example), shape[0],
@@ -357,7 +383,8 @@ def main():
                     variants = casvit_variants(
                         name, base, args.variants, lambda m: SegmentorLabelMap(m)(image), 1,
                         onnx=onnx_runner(SegmentorLabelMap(fused_copy(base, 'nchw')), image,
-                                         onnx_path(name), args.threads))
+                                         onnx_path(name), args.threads, kind='segmentor',
+                                         int8_calib=args.int8_calib, output_names=['labels']))
                     for v in variants:  # label maps: compare the fraction of pixels
                         v.compare = 'labels'
                     run('x'.join(map(str, image.shape)), variants, args.model_repeats)
@@ -368,7 +395,8 @@ def main():
                 if kind == 'retinanet':  # image -> boxes, scores, labels after NMS
                     image = data['inputs'][0][None].float()
                     onnx = onnx_runner(DetectorEnd2End(fused_copy(base, 'nchw')), image,
-                                       onnx_path(name), args.threads, dynamo=False)
+                                       onnx_path(name), args.threads, kind='retinanet',
+                                       int8_calib=args.int8_calib, dynamo=False)
                 variants = casvit_variants(
                     name, base, args.variants,
                     lambda m: m.test_step(data), 1, onnx=onnx)
