@@ -64,8 +64,10 @@ OUTPUT_NAMES = {
 # them: CAS-ViT's gate products, sigmoids and residual adds). Measured on
 # CAS-ViT-M at 8x3x224x224 (docs/quantization.md): convolutions and matrix
 # products alone were *slower* than fp32 (every element-wise op between two
-# convolutions then dequantizes and requantizes), all ops 1.8x faster; keeping
-# the sigmoid gates float changed neither speed nor the toy models' metrics.
+# convolutions then dequantizes and requantizes: 376 vs 346 ms), all ops
+# 190 ms (both on a loaded machine; on a quiet one all ops gave 1.2x the fp32
+# file); keeping the sigmoid gates float changed neither speed nor the toy
+# models' metrics.
 DEFAULT_OP_TYPES = None
 # The TorchScript exporter's opset: from 20 on GELU is one node, which
 # onnxruntime keeps whole between quantized convolutions (at 17 it is five
