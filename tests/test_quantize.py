@@ -19,7 +19,7 @@ from casvit_mm.quantization import (NETWORK_SCOPES, DataloaderCalibration, Quant
                                     quantize_onnx, quantized_ops, random_calibration,
                                     read_kind)
 from casvit_mm.toy_data.imagenet import make_toy_imagenet
-from conftest import ONE_THREAD, REPO, run_tool, run_tool_in_process
+from conftest import ONE_THREAD, REPO, loader_options, run_tool, run_tool_in_process
 
 CLS_TOY = 'configs/classification/casvit_xs_toy.py'
 RETINA_TOY = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'
@@ -72,16 +72,10 @@ def test_toy_classifier_end_to_end(toy_classifier, tmp_path):
     within SCORE_TOL of fp32 but are not fp32's (something was quantized), and
     --eval scores both with mmpretrain's Accuracy."""
     cfg, root, checkpoint = toy_classifier
-    options = [f'{loader}.dataset.data_root={root}' for loader in
-               ('train_dataloader', 'val_dataloader', 'test_dataloader')]
     out = run_tool('tools/deployment/quantize.py', CLS_TOY, '--checkpoint', checkpoint,
                    '--calib-images', 8, '--calib-batch', 4, '--repeats', 1, '--threads', 1,
                    '--out-dir', tmp_path, '--eval', '--max-drop', 0.25,
-                   '--cfg-options', *options, 'train_dataloader.num_workers=0',
-                   'val_dataloader.num_workers=0', 'test_dataloader.num_workers=0',
-                   'train_dataloader.persistent_workers=False',
-                   'val_dataloader.persistent_workers=False',
-                   'test_dataloader.persistent_workers=False', env=ONE_THREAD)
+                   '--cfg-options', *loader_options(root), env=ONE_THREAD)
     fp32 = str(tmp_path / 'casvit_xs_toy_fp32.onnx')
     int8 = str(tmp_path / 'casvit_xs_toy_int8.onnx')
     assert 'accuracy/top1' in out and 'calibrated on 8 train images' in out, out
@@ -215,6 +209,4 @@ def test_bad_input(toy_classifier, tmp_path, monkeypatch, capsys):
     cfg, root, _ = toy_classifier
     with pytest.raises(SystemExit, match='not exported for quantization'):
         run_tool_in_process('deployment/quantize', [
-            CLS_TOY, '--onnx', plain, '--cfg-options',
-            *[f'{loader}.dataset.data_root={root}' for loader in
-              ('train_dataloader', 'val_dataloader', 'test_dataloader')]], monkeypatch)
+            CLS_TOY, '--onnx', plain, '--cfg-options', *loader_options(root)], monkeypatch)
