@@ -14,16 +14,22 @@ __all__ = ['SegmentorLabelMap', 'DetectorEnd2End', 'MaskRCNNEnd2End', 'export_on
            'match_detections', 'matched_pairs', 'box_iou']
 
 
+def swaps_channels(data_preprocessor):
+    """Whether a data preprocessor turns BGR into RGB: mmengine's
+    ImgDataPreprocessor (mmdet), mmseg's and mmpretrain's own name the flag
+    differently."""
+    pre = data_preprocessor
+    return bool(getattr(pre, '_channel_conversion', getattr(
+        pre, 'channel_conversion', getattr(pre, 'to_rgb', False))))
+
+
 def _normalise(data_preprocessor, images):
     """What an mmdet / mmseg ``data_preprocessor`` does to a test batch, in the
     graph: BGR -> RGB if configured, ``(x - mean) / std``, and (mmdet) zero
     padding to ``pad_size_divisor``, bottom and right. Images come as loaded
     (float, 0-255, BGR)."""
     pre = data_preprocessor
-    # mmengine's ImgDataPreprocessor (mmdet), mmseg's and mmpretrain's own name the
-    # flag differently
-    if getattr(pre, '_channel_conversion', getattr(pre, 'channel_conversion',
-                                                   getattr(pre, 'to_rgb', False))):
+    if swaps_channels(pre):
         images = images[:, [2, 1, 0]]
     if getattr(pre, '_enable_normalize', False):
         images = (images - pre.mean) / pre.std

@@ -26,13 +26,13 @@ import os.path as osp
 from collections import Counter
 from functools import partial
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .onnx_export import (DetectorEnd2End, MaskRCNNEnd2End, SegmentorLabelMap, _normalise,
-                          export_onnx, onnxruntime_session, run_onnxruntime)
+                          export_onnx, onnxruntime_session, run_onnxruntime,
+                          swaps_channels)
 
 __all__ = ['ClassifierScores', 'DataloaderCalibration', 'QuantizationError', 'deploy_wrapper',
            'evaluate_onnx', 'export_for_quantization', 'network_nodes', 'quantize_onnx',
@@ -146,9 +146,10 @@ def export_for_quantization(module, example, path, kind, output_names=None):
     return path
 
 
-def read_kind(path):
+def read_kind(path, allow_quantized=False):
     """The kind recorded by :func:`export_for_quantization`; a clear error for
-    any other file (not ONNX, exported otherwise, already quantized)."""
+    any other file (not ONNX, exported otherwise, already quantized unless
+    ``allow_quantized``: the int8 files this module writes keep the record)."""
     import onnx
     if not osp.isfile(path):
         raise QuantizationError(f'{path!r} does not exist')
@@ -162,7 +163,7 @@ def read_kind(path):
             f'{path!r} was not exported for quantization by casvit_mm (no {KIND_KEY!r} '
             f'in its metadata), so which of its nodes are the network is unknown: give '
             f'tools/deployment/quantize.py the config and checkpoint instead')
-    if quantized_ops(proto):
+    if not allow_quantized and quantized_ops(proto):
         raise QuantizationError(f'{path!r} is already quantized')
     return meta[KIND_KEY]
 
@@ -282,9 +283,7 @@ def batch_images(data, model, kind, shape):
     # pad with the mean: 0 after normalisation, what the data preprocessors pad with
     value = (pre.mean.flatten() if getattr(pre, '_enable_normalize', False)
              else torch.zeros(3))
-    channel_swap = getattr(pre, '_channel_conversion', getattr(
-        pre, 'channel_conversion', getattr(pre, 'to_rgb', False)))
-    if channel_swap:  # the mean is in the model's (RGB) order, the images are BGR
+    if swaps_channels(pre):  # the mean is in the model's (RGB) order, the images are BGR
         value = value.flip(0)
     return torch.cat([pad_to(img[None].float(), shape, value) for img in data['inputs']])
 
@@ -382,7 +381,7 @@ def _predictions(kind, outputs, data_samples, align_corners=False):
     return data_samples
 
 
-def evaluate_onnx(paths, cfg, model, shape, threads=None, max_images=None):
+def evaluate_onnx(paths, cfg, model, shape, threads=None):
     """Score ONNX files with the config's test evaluator on its test split.
 
     ``paths``: files of one kind (e.g. the fp32 and the int8 file), run on the
@@ -399,7 +398,7 @@ def evaluate_onnx(paths, cfg, model, shape, threads=None, max_images=None):
     """
     from mmengine.evaluator import Evaluator
     from mmengine.runner import Runner
-    kinds = {read_kind_any(p) for p in paths}
+    kinds = {read_kind(p, allow_quantized=True) for p in paths}
     if len(kinds) != 1 or 'backbone' in kinds:
         raise QuantizationError('evaluation needs whole-model files of one kind, got '
                                 f'{sorted(kinds)}')
@@ -413,7 +412,6 @@ def evaluate_onnx(paths, cfg, model, shape, threads=None, max_images=None):
         ev.dataset_meta = loader.dataset.metainfo
     sessions = [onnxruntime_session(p, threads) for p in paths]
     align_corners = getattr(getattr(model, 'decode_head', None), 'align_corners', False)
-    seen = 0
     for data in loader:
         images = batch_images(data, model, kind, shape)
         for session, ev in zip(sessions, evaluators):
@@ -421,17 +419,5 @@ def evaluate_onnx(paths, cfg, model, shape, threads=None, max_images=None):
             samples = _predictions(kind, outputs, copy.deepcopy(data['data_samples']),
                                    align_corners)
             ev.process(data_samples=samples, data_batch=data)
-        seen += len(images)
-        if max_images and seen >= max_images:
-            break
-    return [ev.evaluate(len(loader.dataset) if not max_images else seen)
-            for ev in evaluators]
+    return [ev.evaluate(len(loader.dataset)) for ev in evaluators]
 
-
-def read_kind_any(path):
-    """The recorded kind of an fp32 or an int8 file of this module."""
-    import onnx
-    meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
-    if meta.get(KIND_KEY) not in NETWORK_SCOPES:
-        raise QuantizationError(f'{path!r} was not written by casvit_mm.quantization')
-    return meta[KIND_KEY]

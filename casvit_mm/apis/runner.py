@@ -11,13 +11,14 @@ import os
 import os.path as osp
 
 import torch
-from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.config import ConfigDict, DictAction
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from ..registry import MODEL_SCOPES
+from .build import load_config
 from ..utils import DataRootError, check_data_paths
 
 __all__ = ['DeployHook', 'build_runner', 'check_data', 'codebase', 'config_from_args',
@@ -42,11 +43,10 @@ def parse_tool_args(parser):
 def config_from_args(args):
     """Read ``args.config`` and apply what every tool's command line changes:
     ``args.launcher``, ``args.cfg_options`` and ``args.work_dir``."""
-    if not osp.isfile(args.config):
-        raise SystemExit(f'Config file {args.config!r} does not exist; configs of this '
-                         f'repository live under configs/ (e.g. '
-                         f'configs/detection/retinanet_casvit_m.py).')
-    cfg = Config.fromfile(args.config)
+    try:
+        cfg = load_config(args.config)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)

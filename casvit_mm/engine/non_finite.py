@@ -35,18 +35,27 @@ from mmengine.registry import HOOKS
 EXIT_DIVERGED = 3  # exit status of a run stopped by a non-finite loss or weight
 
 
-class TrainingDiverged(SystemExit):
-    """Stops the process with :data:`EXIT_DIVERGED`; ``message`` says why."""
+class StopRun(SystemExit):
+    """A deliberate stop: exits with the class's ``exit_code``; ``message`` says why."""
+    exit_code = 1
 
     def __init__(self, message):
-        super().__init__(EXIT_DIVERGED)
+        super().__init__(self.exit_code)
         self.message = message
 
     def __str__(self):
         return self.message
 
 
+class TrainingDiverged(StopRun):
+    """Stops the process with :data:`EXIT_DIVERGED`."""
+    exit_code = EXIT_DIVERGED
+
+
 def _last_checkpoint(runner):
+    """What ``last_checkpoint`` names (mmengine's ``find_latest_checkpoint``
+    reads the same file but logs "Did not find last_checkpoint to be resumed"
+    when there is none, which would mislead in a divergence message)."""
     pointer = osp.join(runner.work_dir, 'last_checkpoint')
     if osp.isfile(pointer):
         with open(pointer) as f:
@@ -54,10 +63,13 @@ def _last_checkpoint(runner):
     return None
 
 
-def _learning_rate(runner):
+def _optim_wrappers(runner):
     wrappers = runner.optim_wrapper
-    wrappers = wrappers.values() if isinstance(wrappers, OptimWrapperDict) else [wrappers]
-    return max(group['lr'] for w in wrappers for group in w.optimizer.param_groups)
+    return list(wrappers.values()) if isinstance(wrappers, OptimWrapperDict) else [wrappers]
+
+
+def _learning_rate(runner):
+    return max(group['lr'] for w in _optim_wrappers(runner) for group in w.optimizer.param_groups)
 
 
 def diverged_message(runner, what):
@@ -96,9 +108,7 @@ def diverged_message(runner, what):
 def _state_tensors(runner):
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     yield from (('state_dict.' + k, v) for k, v in model.state_dict().items())
-    wrappers = runner.optim_wrapper
-    wrappers = wrappers.values() if isinstance(wrappers, OptimWrapperDict) else [wrappers]
-    for wrapper in wrappers:
+    for wrapper in _optim_wrappers(runner):
         for param_id, state in wrapper.optimizer.state_dict()['state'].items():
             for k, v in state.items():
                 yield f'optimizer.state.{param_id}.{k}', v
@@ -106,15 +116,17 @@ def _state_tensors(runner):
 
 def non_finite_state(runner):
     """Names of the model's and optimizer's floating tensors that hold inf or nan."""
-    names, flags = [], []
+    # Grouped by device: on a GPU, Adam's ``step`` counters stay on the CPU
+    # while the weights are on CUDA, and one stack cannot mix them.
+    by_device = {}
     for name, value in _state_tensors(runner):
         if torch.is_tensor(value) and value.is_floating_point():
-            names.append(name)
-            flags.append(torch.isfinite(value).all())
-    if not flags:
-        return []
-    finite = torch.stack(flags).cpu()  # one synchronisation for all tensors
-    return [name for name, ok in zip(names, finite.tolist()) if not ok]
+            by_device.setdefault(value.device, []).append((name, torch.isfinite(value).all()))
+    bad = []
+    for pairs in by_device.values():
+        finite = torch.stack([flag for _, flag in pairs]).cpu()  # one sync per device
+        bad += [name for (name, _), ok in zip(pairs, finite.tolist()) if not ok]
+    return bad
 
 
 def check_finite_state(runner):

@@ -46,7 +46,7 @@ from mmengine.registry import HOOKS, LOOPS
 from mmengine.runner import EpochBasedTrainLoop
 
 from .atomic_checkpoint import AtomicCheckpointHook, atomic_write, save_atomically
-from .non_finite import check_finite_state
+from .non_finite import StopRun, check_finite_state
 
 EXIT_PREEMPTED = 75
 # Written to the work dir (holding the checkpoint's path) when a run stops for a
@@ -54,15 +54,9 @@ EXIT_PREEMPTED = 75
 PREEMPTED_MARKER = 'preempted'
 
 
-class Preempted(SystemExit):
+class Preempted(StopRun):
     """Stops the process with :data:`EXIT_PREEMPTED` after the checkpoint is written."""
-
-    def __init__(self, message):
-        super().__init__(EXIT_PREEMPTED)
-        self.message = message
-
-    def __str__(self):
-        return self.message
+    exit_code = EXIT_PREEMPTED
 
 
 @HOOKS.register_module()

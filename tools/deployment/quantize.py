@@ -35,10 +35,8 @@ import statistics
 import sys
 import time
 
-import torch
-
 from casvit_mm import CASViT
-from casvit_mm.apis import build_model, check_data, relative_error
+from casvit_mm.apis import build_model, check_data, codebase, load_config, relative_error
 from casvit_mm.onnx_export import (match_detections, onnxruntime_session, openvino_model,
                                    run_onnxruntime, run_openvino)
 from casvit_mm.quantization import (DEFAULT_OP_TYPES, DataloaderCalibration, QuantizationError,
@@ -128,7 +126,6 @@ def output_error(kind, reference, outputs):
 
 def main():
     args = parse_args()
-    from casvit_mm.apis import load_config
     cfg = load_config(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -189,14 +186,13 @@ def main():
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables
         metrics32, metrics8 = evaluate_onnx([fp32, int8], cfg, model, shape, args.threads)
     worst, checked = 0., []
+    scale = 1. if codebase(cfg) == 'mmdet' else 100.  # mmseg and mmpretrain report percent
     print(f'{"metric":<28}{"fp32":>10}{"int8":>10}{"int8 - fp32":>14}')
     for key, value in metrics32.items():
         try:  # scalars only (mmseg's are numpy floats); skip per-class tables
             value, metrics8[key] = float(value), float(metrics8[key])
         except (TypeError, ValueError):
             continue
-        scale = 100. if value > 1 or metrics8[key] > 1 or 'mIoU' in key or 'accuracy' in key \
-            or key.startswith(('aAcc', 'mAcc')) else 1.  # mmseg / mmpretrain report percent
         drop = (value - metrics8[key]) / scale
         headline = key.endswith(HEADLINE)
         if headline:

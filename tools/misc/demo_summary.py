@@ -11,6 +11,8 @@ import glob
 import json
 import os.path as osp
 
+from casvit_mm.utils import read_scalars
+
 
 def test_metrics(test_dir):
     """The metrics of the newest ``tools/test.py`` run in ``test_dir``
@@ -26,8 +28,8 @@ def test_metrics(test_dir):
 def training_losses(work):
     """(iteration, loss) pairs logged by the first training run in ``work``."""
     runs = sorted(glob.glob(osp.join(work, '*', 'vis_data', 'scalars.json')))
-    with open(runs[0]) as f:
-        return [(r['step'], r['loss']) for r in map(json.loads, f) if 'loss' in r]
+    train, _ = read_scalars(runs[0])
+    return [(r['step'], r['loss']) for r in train]
 
 
 def detection(work):
