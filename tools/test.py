@@ -28,7 +28,7 @@ import casvit_mm  # noqa: F401  (registers CASViT in every codebase)
 from casvit_mm.apis import (DeployHook, build_runner, check_data, codebase, config_from_args,
                             enable_tta, enable_visualization, parse_tool_args)
 from casvit_mm.checkpoint.whole_model import StrictCheckpointHook
-from casvit_mm.engine import closing_process_group, setup_cpu_distributed
+from casvit_mm.engine import closing_process_group, setup_cpu_distributed, use_stop_signals
 
 
 def parse_args():
@@ -73,6 +73,7 @@ def main():
     if args.out and scope == 'mmseg':
         cfg.test_evaluator.update(output_dir=args.out, keep_results=True)
 
+    use_stop_signals(cfg)  # SIGTERM/SIGUSR1/Ctrl-C: stop at a batch boundary, clear message
     check_data(cfg, ['test'])
     setup_cpu_distributed(cfg)  # torchrun on a machine without CUDA
     runner = build_runner(cfg)

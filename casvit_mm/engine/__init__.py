@@ -13,16 +13,18 @@ from .atomic_checkpoint import (AtomicCheckpointHook, atomic_write, commit_file,
 from .compile import PlainParamGroupsHook, use_compile_fixes
 from .cpu_amp import CPUAmpOptimWrapper
 from .cpu_dist import closing_process_group, setup_cpu_distributed
-from .guards import use_long_run_guards
+from .guards import use_long_run_guards, use_stop_signals
 from .non_finite import EXIT_DIVERGED, NonFiniteLossHook, TrainingDiverged
-from .preemption import (EXIT_PREEMPTED, Preempted, PreemptionHook,
-                         ResumableEpochBasedTrainLoop)
+from .preemption import (EXIT_INTERRUPTED, EXIT_PREEMPTED, Interrupted, Preempted,
+                         PreemptionHook, ResumableEpochBasedTrainLoop)
+from .worker_signals import use_signal_safe_workers
 # NameBadSample: tools/train.py wraps loading steps in it, so a dumped config names it.
 from ..utils import sample_errors  # noqa: F401,E402
 
-__all__ = ['AtomicCheckpointHook', 'CPUAmpOptimWrapper', 'EXIT_DIVERGED', 'EXIT_PREEMPTED',
-           'NonFiniteLossHook', 'PlainParamGroupsHook', 'Preempted', 'PreemptionHook',
+__all__ = ['AtomicCheckpointHook', 'CPUAmpOptimWrapper', 'EXIT_DIVERGED', 'EXIT_INTERRUPTED',
+           'EXIT_PREEMPTED', 'Interrupted', 'NonFiniteLossHook', 'PlainParamGroupsHook',
+           'Preempted', 'PreemptionHook',
            'ResumableEpochBasedTrainLoop', 'TrainingDiverged', 'atomic_write',
            'closing_process_group', 'commit_file',
            'setup_cpu_distributed', 'use_atomic_checkpoints', 'use_compile_fixes',
-           'use_long_run_guards']
+           'use_long_run_guards', 'use_signal_safe_workers', 'use_stop_signals']

@@ -34,6 +34,7 @@ that the checkpoint already trained, the way mmengine's
 random augmentations see the same random stream as an uninterrupted run).
 """
 import logging
+import os
 import os.path as osp
 import signal
 import threading
@@ -47,11 +48,16 @@ from mmengine.runner import EpochBasedTrainLoop
 
 from .atomic_checkpoint import AtomicCheckpointHook, atomic_write, save_atomically
 from .non_finite import StopRun, check_finite_state
+from .worker_signals import use_signal_safe_workers
 
 EXIT_PREEMPTED = 75
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a run stopped by Ctrl-C
 # Written to the work dir (holding the checkpoint's path) when a run stops for a
 # signal: job scripts test for it where a launcher reports its own exit status.
 PREEMPTED_MARKER = 'preempted'
+# The stop asked for, as a number all ranks can all-reduce (max): a scheduler's
+# pre-emption outranks a Ctrl-C (the scheduler will kill the job anyway).
+_NONE, _INTERRUPT, _PREEMPT = 0, 1, 2
 
 
 class Preempted(StopRun):
@@ -59,70 +65,191 @@ class Preempted(StopRun):
     exit_code = EXIT_PREEMPTED
 
 
+class Interrupted(StopRun):
+    """Stops the process with :data:`EXIT_INTERRUPTED` (Ctrl-C) after the checkpoint is written."""
+    exit_code = EXIT_INTERRUPTED
+
+
+def _say(text):
+    """Write to stderr from a signal handler (``print`` and logging may be inside
+    a write of the interrupted code, which they must not re-enter)."""
+    try:
+        os.write(2, text.encode() + b'\n')
+    except OSError:
+        pass
+
+
 @HOOKS.register_module()
 class PreemptionHook(Hook):
     """Checkpoint the current iteration and exit on a stop signal.
 
+    Handles the signals in training, validation and testing (installed in
+    ``before_run``). Building it also makes every DataLoader worker of the
+    process leave the signals to the main process
+    (:func:`~casvit_mm.engine.worker_signals.use_signal_safe_workers`).
+
     Args:
-        signals (Sequence[str]): Signals that ask for a stop. Defaults to
-            ``('SIGTERM', 'SIGUSR1')``.
+        signals (Sequence[str]): Signals of a scheduler that asks for a stop
+            (exit :data:`EXIT_PREEMPTED`). Defaults to ``('SIGTERM', 'SIGUSR1')``.
         interval (int): Read (and, with several processes, all-reduce) the
-            flag every ``interval`` iterations. Defaults to 1.
+            flag every ``interval`` training iterations. Defaults to 1.
+        ctrl_c (bool): Handle SIGINT too: a first Ctrl-C stops like a
+            pre-emption but exits :data:`EXIT_INTERRUPTED`, a second one stops
+            at once (``KeyboardInterrupt``). Defaults to True.
     """
     priority = 'LOWEST'
 
-    def __init__(self, signals=('SIGTERM', 'SIGUSR1'), interval=1):
+    def __init__(self, signals=('SIGTERM', 'SIGUSR1'), interval=1, ctrl_c=True):
         unknown = [s for s in signals if not isinstance(getattr(signal, s, None), signal.Signals)]
         if unknown:
             raise ValueError(f'PreemptionHook: unknown signal(s) {unknown}; use names such '
                              f'as "SIGTERM", "SIGUSR1".')
         self.signals = [getattr(signal, s) for s in signals]
+        self.ctrl_c = bool(ctrl_c) and signal.SIGINT not in self.signals
         self.interval = int(interval)
         self.received = None
         self._previous = {}
+        self._training = False
+        self._check_loop = True
+        # Before any loader of the run starts its workers (the runner builds the
+        # training loop, and with it the first iterator, before `before_run`).
+        use_signal_safe_workers()
 
+    # ------------------------------------------------------------ signals
     def _on_signal(self, signum, frame):
-        self.received = signal.Signals(signum)
-        # A second signal of this kind does what it did before (SIGTERM: die).
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        sig = signal.Signals(signum)
+        if sig == signal.SIGINT:
+            if self.received is None:
+                self.received = sig
+                _say('Ctrl-C: stopping after the current iteration and saving it (a '
+                     'validation or test stops at its next batch). Press Ctrl-C again to '
+                     'stop at once without saving.')
+            # The next Ctrl-C does what it did before (KeyboardInterrupt).
+            signal.signal(signum, self._previous.get(signum, signal.default_int_handler))
+            return
+        # A scheduler's signal. Repeats are dropped: Slurm signals every process
+        # and torchrun forwards the same signal again; the scheduler's SIGKILL
+        # at the end of its grace period is the hard stop.
+        if self.received is None or self.received == signal.SIGINT:
+            self.received = sig
+            _say(f'{sig.name} received: stopping after the current iteration and saving '
+                 f'it (a validation or test stops at its next batch).')
 
-    def before_train(self, runner):
+    def _install(self, runner):
+        if self._previous:
+            return
         if threading.current_thread() is not threading.main_thread():
-            runner.logger.warning('PreemptionHook: training runs outside the main thread, '
+            runner.logger.warning('PreemptionHook: the run is outside the main thread, '
                                   'where signal handlers cannot be installed; a stop '
                                   'signal will end the process without a checkpoint.')
             return
-        for signum in self.signals:
+        for signum in self.signals + ([signal.SIGINT] if self.ctrl_c else []):
             self._previous[signum] = signal.signal(signum, self._on_signal)
 
-    def after_train(self, runner):
+    def _restore(self):
         for signum, handler in self._previous.items():
             if signal.getsignal(signum) == self._on_signal:
                 signal.signal(signum, handler)
         self._previous = {}
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+    def before_run(self, runner):
+        self._install(runner)
+
+    def before_train(self, runner):
+        self._install(runner)  # a runner that calls the loop without `before_run`
+        self._training = True
+
+    def after_train(self, runner):
+        self._training = False
+
+    def after_run(self, runner):
+        self._restore()
+
+    def _asked(self, every_rank=True):
+        """The stop asked for here or, all-reduced, by any rank."""
+        level = {None: _NONE, signal.SIGINT: _INTERRUPT}.get(self.received, _PREEMPT)
+        if every_rank and get_world_size() > 1:
+            flag = torch.tensor([level])
+            all_reduce(flag, op='max')  # every rank stops at the same iteration
+            level = int(flag.item())
+        return level
+
+    # ------------------------------------------------------------ training
+    def after_train_iter(self, runner, batch_idx=None, data_batch=None, outputs=None):
         if not self.every_n_train_iters(runner, self.interval):
             return
-        flag = torch.tensor([int(self.received is not None)])
-        if get_world_size() > 1:
-            all_reduce(flag, op='max')  # every rank stops at the same iteration
-        if not flag.item():
-            return
-        path = self._save(runner)
-        if is_main_process():  # launchers (torchrun, srun) may not pass exit status 75 on
-            atomic_write(osp.join(runner.work_dir, PREEMPTED_MARKER), path + '\n')
-        barrier()  # nobody exits (and lets a launcher kill rank 0) before the file is whole
-        why = (f'{self.received.name} received' if self.received is not None
-               else 'a stop signal reached another process')
-        message = (f'Pre-empted ({why}): stopped after iteration {runner.iter + 1} and saved '
-                   f'it to {path}. Run the same command with --resume to continue; exit '
-                   f'status {EXIT_PREEMPTED}.')
-        runner.logger.warning(message)
-        raise Preempted(message)
+        level = self._asked()
+        if level:
+            self._stop_training(runner, level, runner.iter + 1)
 
-    def _save(self, runner):
-        step = runner.iter + 1
+    def _stop_training(self, runner, level, step, during=''):
+        path = self._save(runner, step)
+        if is_main_process() and level == _PREEMPT:  # launchers may not pass status 75 on
+            atomic_write(osp.join(runner.work_dir, PREEMPTED_MARKER), path + '\n')
+        barrier()  # nobody exits (and lets a launcher kill rank 0) before the files are whole
+        stop, code = ((Preempted, EXIT_PREEMPTED) if level == _PREEMPT
+                      else (Interrupted, EXIT_INTERRUPTED))
+        message = (f'{self._why(level)}{during}: stopped after iteration {step} and saved it '
+                   f'to {path}. Run the same command with --resume to continue; exit '
+                   f'status {code}.')
+        runner.logger.warning(message)
+        raise stop(message)
+
+    def _why(self, level):
+        if self.received is None:
+            return 'Pre-empted (a stop signal reached another process)' if level == _PREEMPT \
+                else 'Interrupted (Ctrl-C reached another process)'
+        if self.received == signal.SIGINT:
+            return 'Interrupted (Ctrl-C)'
+        return f'Pre-empted ({self.received.name} received)'
+
+    # ------------------------------------------------------ validation, test
+    def _loop_start(self, loop):
+        """Check the flag at every batch of a loop only when all ranks run the same
+        number of batches (each check is a collective)."""
+        try:
+            size = len(loop.dataloader)
+        except (AttributeError, TypeError):
+            size = -1
+        if get_world_size() > 1:
+            sizes = torch.tensor([size, -size])
+            all_reduce(sizes, op='max')
+            self._check_loop = size >= 0 and int(sizes[0]) == -int(sizes[1])
+        else:
+            self._check_loop = True
+
+    def before_val_epoch(self, runner):
+        self._loop_start(runner.val_loop)
+
+    def before_test_epoch(self, runner):
+        self._loop_start(runner.test_loop)
+
+    def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self._stop_evaluation(runner, 'validation', runner.val_loop, batch_idx)
+
+    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self._stop_evaluation(runner, 'test', runner.test_loop, batch_idx)
+
+    def _stop_evaluation(self, runner, what, loop, batch_idx):
+        if not self._check_loop:
+            return
+        level = self._asked()
+        if not level:
+            return
+        if self._training:  # training state is whole: iteration runner.iter is done
+            self._stop_training(runner, level, runner.iter,
+                                during=f' during the validation after iteration {runner.iter}, '
+                                f'which was stopped at batch {batch_idx + 1} of '
+                                f'{len(loop.dataloader)} (its metrics are not computed)')
+        stop, code = ((Preempted, EXIT_PREEMPTED) if level == _PREEMPT
+                      else (Interrupted, EXIT_INTERRUPTED))
+        message = (f'{self._why(level)}: the {what} stopped after batch {batch_idx + 1} of '
+                   f'{len(loop.dataloader)}; no metrics were computed and nothing was '
+                   f'saved. Run the same command again; exit status {code}.')
+        runner.logger.warning(message)
+        raise stop(message)
+
+    def _save(self, runner, step):
         hook = next((h for h in runner.hooks if isinstance(h, AtomicCheckpointHook)), None)
         if hook is not None and not hook.by_epoch and hook._is_local():
             path = hook.last_ckpt
