@@ -79,26 +79,26 @@ def env_with(tmp_path, **extra):
     return dict(ONE_THREAD, PYTHONPATH=path, **extra)
 
 
-def loaders(workers, persistent):
-    """--cfg-options: every dataloader with ``workers`` worker processes."""
-    return [f'{loader}.{key}={value}'
-            for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')
-            for key, value in (('num_workers', workers),
-                               ('persistent_workers', persistent and workers > 0))]
-
-
-def options(toy, workers, persistent, max_iters):
+def options(toy, workers, persistent, max_iters, validate=False):
+    """--cfg-options of a deterministic toy run, every dataloader with ``workers``
+    worker processes; without ``validate`` no validation at the end (quicker)."""
     # Periodic checkpoints far apart: what is saved at the signal is the hook's own.
-    return toy_train_options(toy, deterministic=True, **{
-        'train_cfg.max_iters': max_iters, 'default_hooks.checkpoint.interval': 100}) + \
-        loaders(workers, persistent)
+    opts = toy_train_options(toy, deterministic=True, **{
+        'train_cfg.max_iters': max_iters, 'default_hooks.checkpoint.interval': 100})
+    opts = [o for o in opts if validate or not o.startswith('val_')]
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        if validate or loader != 'val_dataloader':
+            opts += [f'{loader}.num_workers={workers}',
+                     f'{loader}.persistent_workers={persistent and workers > 0}']
+    return opts + ([] if validate else ['val_dataloader=None', 'val_cfg=None',
+                                        'val_evaluator=None'])
 
 
-def start(cmd, work, env):
+def start(cmd, work, env, log='out.log'):
     """``cmd`` in the background, in a process group (session) of its own, as a
-    job step or a terminal's foreground job is; its output in work/out.log."""
+    job step or a terminal's foreground job is; its output in work/LOG."""
     work.mkdir(parents=True, exist_ok=True)
-    with open(work / 'out.log', 'w') as log:
+    with open(work / log, 'w') as log:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
@@ -113,9 +113,9 @@ def wait_until_held(proc, work, ranks=1, timeout=600):
                          f'{(work / "out.log").read_text()[-4000:]}')
 
 
-def finish(proc, work, timeout=600):
+def finish(proc, work, timeout=600, log='out.log'):
     code = proc.wait(timeout=timeout)
-    return code, (work / 'out.log').read_text()
+    return code, (work / log).read_text()
 
 
 def descendants(pid):
@@ -139,6 +139,50 @@ def saved_at(work, step):
     assert latest(work) == str(work / f'iter_{step}.pth')
     assert safe_load(latest(work))['meta']['iter'] == step
     assert not glob.glob(str(work / '*.partial'))
+
+
+# ------------------------------------------------------------ the workers
+WORKERS = r"""
+import os, signal, subprocess, sys, time
+import torch
+from casvit_mm.engine import use_signal_safe_workers
+
+if sys.argv[1] == 'safe':
+    use_signal_safe_workers()
+signal.signal(signal.SIGTERM, lambda *_: None)  # the main process handles it (as the hook)
+loader = torch.utils.data.DataLoader(list(range(64)), batch_size=2, num_workers=2,
+                                     persistent_workers=True)
+batches = iter(loader)
+next(batches)
+workers = batches._workers
+# Not from their parent: what a scheduler, a terminal or torchrun sends.
+for sig in ('TERM', 'INT', 'USR1'):
+    subprocess.run(['kill', '-s', sig, *(str(w.pid) for w in workers)], check=True)
+time.sleep(1)
+print('alive after the signals:', [w.is_alive() for w in workers], flush=True)
+print('batches after the signals:', len([b for b in batches]), flush=True)
+# PyTorch's own shutdown of a worker (and multiprocessing's at exit) still works.
+workers[0].terminate()
+workers[0].join(10)
+print('terminated by the parent:', workers[0].exitcode, flush=True)
+"""
+
+
+def test_data_workers_leave_stop_signals_to_the_main_process():
+    """SIGTERM, SIGINT and SIGUSR1 from another process leave the workers running
+    and the loader working; the SIGTERM of PyTorch's own shutdown ends them."""
+    def run(mode):
+        proc = subprocess.run([sys.executable, '-c', WORKERS, mode], cwd=REPO, env=ONE_THREAD,
+                              capture_output=True, text=True, timeout=120)
+        return proc.stdout + proc.stderr
+
+    out = run('safe')
+    assert 'alive after the signals: [True, True]' in out, out[-3000:]
+    assert 'batches after the signals: 31' in out
+    assert 'terminated by the parent: 0' in out
+    out = run('stock')  # PyTorch alone: the same signals kill the workers and the loader
+    assert 'RuntimeError: DataLoader worker (pid ' in out, out[-3000:]
+    assert 'is killed by signal: Terminated' in out
 
 
 # ------------------------------------------------------------ one process
@@ -202,8 +246,8 @@ def test_a_signal_during_validation_and_during_tools_test_stops_cleanly(toy, tmp
     tools/test.py on that checkpoint, SIGINT to its group during the first
     batch: exit 130 with a message, no worker traceback."""
     work = tmp_path / 'work'
-    opts = options(toy, 1, True, 2) + ['val_dataloader.batch_size=2',
-                                       'test_dataloader.batch_size=2']
+    opts = options(toy, 1, True, 2, validate=True) + ['val_dataloader.batch_size=2',
+                                                      'test_dataloader.batch_size=2']
     proc = start([sys.executable, 'tools/train.py', held_config(tmp_path, 'val'),
                   '--work-dir', str(work), '--cfg-options', *opts], work, env_with(tmp_path))
     wait_until_held(proc, work)
@@ -238,10 +282,10 @@ def test_sigterm_to_every_process_of_a_torchrun_launch_then_resume(toy, tmp_path
     opts = options(toy, 2, True, 4)
     stopped, straight = tmp_path / 'stopped', tmp_path / 'straight'
 
-    def launch(config, work, *flags):
+    def launch(config, work, *flags, log='out.log'):
         return start(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', str(work),
                       *flags, '--cfg-options', *opts], work,
-                     env_with(tmp_path, PORT=str(free_port()), PYTHON=sys.executable))
+                     env_with(tmp_path, PORT=str(free_port()), PYTHON=sys.executable), log)
 
     runs = [launch(RETINA, straight), launch(held_config(tmp_path, 'train', 2), stopped)]
     wait_until_held(runs[1], stopped, ranks=2)
@@ -257,7 +301,8 @@ def test_sigterm_to_every_process_of_a_torchrun_launch_then_resume(toy, tmp_path
     assert (stopped / 'preempted').read_text().strip() == latest(stopped)
     assert finish(runs[0], straight)[0] == 0, (straight / 'out.log').read_text()[-5000:]
 
-    code, out = finish(launch(RETINA, stopped, '--resume'), stopped)
+    code, out = finish(launch(RETINA, stopped, '--resume', log='resume.log'), stopped,
+                       log='resume.log')
     assert code == 0, out[-5000:]
     assert logged_steps(stopped)[-1] == [3, 4]
     assert_same_weights(weights(stopped / 'iter_4.pth'), weights(straight / 'iter_4.pth'),

@@ -1,4 +1,4 @@
-"""Pre-emption: on SIGTERM / SIGUSR1, finish the iteration, save it, exit 75.
+"""Pre-emption: on SIGTERM, SIGUSR1 or Ctrl-C, finish the iteration, save it, stop.
 
 Why: schedulers stop jobs with SIGTERM (Slurm at pre-emption or at the time
 limit, then SIGKILL after a grace period; ``srun --signal=USR1@N`` sends
@@ -23,8 +23,25 @@ job script can tell apart from success (0), a crash (1) and divergence (3).
 Launchers report their own status (torchrun: 1, naming the workers' 75), so
 rank 0 also writes the file ``preempted`` (the checkpoint's path) into the
 work dir; ``tools/slurm_train.sh`` deletes it before starting and tests for it.
-``--resume`` continues from that iteration. A second signal of the same kind
-acts as it would without the hook (SIGTERM: die now).
+``--resume`` continues from that iteration.
+
+Signals reach every process of a job: Slurm signals all of them, Ctrl-C the
+whole foreground group, torchrun each rank's group. So:
+
+- building the hook makes every DataLoader worker leave the signals to the
+  main process (:mod:`~casvit_mm.engine.worker_signals`), which would
+  otherwise fail at once with ``DataLoader worker ... is killed by signal``;
+- repeats of SIGTERM / SIGUSR1 are dropped (torchrun forwards the signal a
+  rank already got from Slurm); the scheduler's SIGKILL is the hard stop;
+- Ctrl-C (SIGINT) stops the same way, saving the iteration, but exits
+  :data:`EXIT_INTERRUPTED` (130) and writes no ``preempted`` marker (a user's
+  stop is not to be requeued); a second Ctrl-C stops at once
+  (``KeyboardInterrupt``; checkpoints are atomic, so none is left half-written);
+- a signal during a validation or a test stops it after the batch under way
+  (all-reduced per batch, when every rank has as many batches): a validation
+  inside training is dropped (the scheduler's grace period rarely covers a
+  whole one) and the trained iteration saved; ``tools/test.py`` exits with a
+  message and nothing saved.
 
 Epoch-based loops restart an epoch from its first batch on resume, which
 would train the first part of a pre-empted epoch twice.
@@ -129,8 +146,9 @@ class PreemptionHook(Hook):
             return
         # A scheduler's signal. Repeats are dropped: Slurm signals every process
         # and torchrun forwards the same signal again; the scheduler's SIGKILL
-        # at the end of its grace period is the hard stop.
-        if self.received is None or self.received == signal.SIGINT:
+        # at the end of its grace period is the hard stop. The first signal
+        # decides the kind of stop (torchrun answers a second Ctrl-C with SIGTERM).
+        if self.received is None:
             self.received = sig
             _say(f'{sig.name} received: stopping after the current iteration and saving '
                  f'it (a validation or test stops at its next batch).')
