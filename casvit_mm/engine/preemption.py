@@ -222,13 +222,18 @@ class PreemptionHook(Hook):
         return f'Pre-empted ({self.received.name} received)'
 
     # ------------------------------------------------------ validation, test
+    @staticmethod
+    def _batches(loop):
+        """How many batches ``loop`` runs (-1: unknown, e.g. an iterable dataset)."""
+        try:
+            return len(loop.dataloader)
+        except (AttributeError, TypeError):
+            return -1
+
     def _loop_start(self, loop):
         """Check the flag at every batch of a loop only when all ranks run the same
         number of batches (each check is a collective)."""
-        try:
-            size = len(loop.dataloader)
-        except (AttributeError, TypeError):
-            size = -1
+        size = self._batches(loop)
         if get_world_size() > 1:
             sizes = torch.tensor([size, -size])
             all_reduce(sizes, op='max')
@@ -254,16 +259,17 @@ class PreemptionHook(Hook):
         level = self._asked()
         if not level:
             return
+        size = self._batches(loop)
+        at = f'batch {batch_idx + 1}' + (f' of {size}' if size >= 0 else '')
         if self._training:  # training state is whole: iteration runner.iter is done
             self._stop_training(runner, level, runner.iter,
                                 during=f' during the validation after iteration {runner.iter}, '
-                                f'which was stopped at batch {batch_idx + 1} of '
-                                f'{len(loop.dataloader)} (its metrics are not computed)')
+                                f'which was stopped at {at} (its metrics are not computed)')
         stop, code = ((Preempted, EXIT_PREEMPTED) if level == _PREEMPT
                       else (Interrupted, EXIT_INTERRUPTED))
-        message = (f'{self._why(level)}: the {what} stopped after batch {batch_idx + 1} of '
-                   f'{len(loop.dataloader)}; no metrics were computed and nothing was '
-                   f'saved. Run the same command again; exit status {code}.')
+        message = (f'{self._why(level)}: the {what} stopped after {at}; no metrics were '
+                   f'computed and nothing was saved. Run the same command again; exit '
+                   f'status {code}.')
         runner.logger.warning(message)
         raise stop(message)
 
