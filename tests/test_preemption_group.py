@@ -94,13 +94,34 @@ def options(toy, workers, persistent, max_iters, validate=False):
                                         'val_evaluator=None'])
 
 
+STARTED = []
+
+
+@pytest.fixture(autouse=True)
+def no_run_left_behind():
+    """A test that fails while a run it started still holds or trains kills that
+    run (and, for torchrun, its ranks and their workers)."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            for pid in reversed(descendants(proc.pid)):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
+
+
 def start(cmd, work, env, log='out.log'):
     """``cmd`` in the background, in a process group (session) of its own, as a
     job step or a terminal's foreground job is; its output in work/LOG."""
     work.mkdir(parents=True, exist_ok=True)
     with open(work / log, 'w') as log:
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+    STARTED.append(proc)
+    return proc
 
 
 def wait_until_held(proc, work, ranks=1, timeout=600):
