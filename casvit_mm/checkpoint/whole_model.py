@@ -20,6 +20,7 @@ from mmengine.registry import HOOKS
 
 from ..models import CASViT
 from .convert import convert_official, infer_arch, strip_prefix
+from .head_check import describe_mismatch
 from .safe_load import CheckpointError
 
 CONFIG_ROOT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), '.mim', 'configs')
@@ -99,6 +100,13 @@ def misfit(model, state_dict, backbone_types=(CASViT, )):
     return missing, unexpected, mismatched
 
 
+def _shape_triples(model, state_dict):
+    from .head_check import shape_mismatches
+    given = {k[len('module.'):] if k.startswith('module.') else k: v
+             for k, v in state_dict.items()}
+    return shape_mismatches(model, given)
+
+
 @HOOKS.register_module()
 class StrictCheckpointHook(Hook):
     """Stop ``tools/test.py`` when the checkpoint does not fit the whole model.
@@ -122,6 +130,10 @@ class StrictCheckpointHook(Hook):
             return
         metadata = getattr(state_dict, '_metadata', None)
         source = getattr(metadata, 'source', None) or runner._load_from
+        if mismatched:  # another shape: say what it means (e.g. another number of classes)
+            raise CheckpointError(describe_mismatch(
+                model, [m for m in _shape_triples(model, state_dict)], source,
+                getattr(metadata, 'classes', None)))
         match, why = matching_config({k: v for k, v in state_dict.items()
                                       if hasattr(v, 'shape')})
         hint = (f'Its keys are those of configs/{match} (model {why}).' if match else
