@@ -15,10 +15,12 @@ but not in builders that start from mmengine's root registries: mmdeploy's
 ``create_input`` builds the test pipeline with mmcv's ``Compose`` and stopped
 with ``KeyError: 'PackDetInputs is not in the mmengine::transform registry'``.
 mmengine imports ``casvit_mm.registry`` (this module) when it meets the scope;
-the registries below are then found, and each builds a name with the registry
-of the codebase the config runs under: the default scope that was current
-before ``casvit_mm`` was switched in (``mmdet`` for a detection config, set by
-the Runner, the inferencers or mmdeploy from the config's ``default_scope``).
+the registries below are then found, and each gets a name from the codebase
+that has it; a name two codebases define differently (``LoadAnnotations``,
+``Resize``) from the codebase the config runs under: the default scope that was
+current before ``casvit_mm`` was switched in (``mmdet`` for a detection config,
+set from the config's ``default_scope`` by the Runner, mmdet's and mmseg's
+inferencers and mmdeploy).
 """
 import importlib
 
@@ -84,23 +86,19 @@ def _make_scope_registry_class():
             if scope not in (None, SCOPE):  # 'mmdet.PackDetInputs': mmengine's rule
                 return super().get(key)
             root = self.parent
-            outer = outer_scope()
-            target = root._search_child(outer) if outer not in (None, SCOPE) else None
-            if target is not None and target is not self:
-                found = target.get(name)
-                if found is not None:
-                    return found
-            # No codebase scope is set (a bare Compose in a script): take the one
-            # codebase that has the name, never guess between two.
             found = {s: r.get(name) for s, r in _codebase_registries(root)}
             found = {s: c for s, c in found.items() if c is not None}
-            if len(set(found.values())) == 1:
+            if len(set(found.values())) == 1:  # one class, wherever it is found
                 return next(iter(found.values()))
-            if len(found) > 1:
+            outer = outer_scope()
+            if outer in found:  # the same name in two codebases: the config's
+                return found[outer]
+            if found:
                 raise KeyError(
-                    f'{name!r} (a dict a config inherited from casvit_mm::, _scope_='
-                    f'{SCOPE!r}) exists in {sorted(found)} and no default scope says which: '
-                    f'call mmengine.registry.init_default_scope(cfg.default_scope) first.')
+                    f'{name!r} (in a dict a config inherited through casvit_mm::, so '
+                    f'_scope_={SCOPE!r}) is a different class in {sorted(found)}, and the '
+                    f'default scope ({outer!r}) does not say which: call '
+                    f'mmengine.registry.init_default_scope(cfg.default_scope) first.')
             return root.get(name)
 
     return CodebaseRegistry
