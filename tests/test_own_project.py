@@ -263,6 +263,9 @@ def test_own_classes_classification_with_mmpretrains_train_tool(tmp_path, site_d
     run_fresh(site_dir, tmp_path, mm_tool('mmpretrain'), cfg, '--work-dir', 'run',
               '--cfg-options', 'train_cfg.max_epochs=1', 'train_dataloader.batch_size=4',
               'val_dataloader.batch_size=4', 'default_hooks.logger.interval=1',
+              'train_dataloader.dataset.pipeline.1.scale=64',  # RandomResizedCrop 224
+              'val_dataloader.dataset.pipeline.1.scale=64',  # ResizeEdge 256
+              'val_dataloader.dataset.pipeline.2.crop_size=64',  # CenterCrop 224
               *loaders_in_process('train_dataloader', 'val_dataloader'))
     ckpt = torch.load(tmp_path / 'run' / 'epoch_1.pth', weights_only=False)
     assert tuple(ckpt['meta']['dataset_meta']['classes']) == classes
@@ -370,3 +373,113 @@ def test_mismatched_head_refused_by_the_tools(tool, argv, toy, three_class_check
         'train_dataloader', 'val_dataloader', 'test_dataloader')
     with pytest.raises(CheckpointError, match=MESSAGE):
         run_tool_in_process(tool, [config, *argv, *opts, '--work-dir', tmp_path], monkeypatch)
+
+
+# --- 4. pretrained weights found, or explained before anything is built ---
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """Run from an empty directory, with no checkout to fall back on."""
+    from casvit_mm.checkpoint import locate
+    run_dir = tmp_path / 'elsewhere'
+    run_dir.mkdir()
+    monkeypatch.chdir(run_dir)
+    monkeypatch.setattr(locate, 'checkout_dir', lambda: None)
+    return run_dir
+
+
+def test_relative_checkpoint_found_in_the_checkout(tmp_path, monkeypatch):
+    """A config's checkpoints/... is read from the casvit-mm checkout when the
+    directory you run in does not have it."""
+    from casvit_mm import CASViT
+    from casvit_mm.checkpoint import locate
+    clone = tmp_path / 'clone'
+    fake_pretrained(str(clone / 'checkpoints' / 'casvit-xs_3rdparty_in1k.pth'))
+    (tmp_path / 'project').mkdir()
+    monkeypatch.chdir(tmp_path / 'project')
+    monkeypatch.setattr(locate, 'checkout_dir', lambda: str(clone))
+    assert locate.checkout_dir() == str(clone)
+    model = CASViT(arch='xs', init_cfg=dict(type='Pretrained',
+                                           checkpoint='checkpoints/casvit-xs_3rdparty_in1k.pth'))
+    model.init_weights()
+    saved = torch.load(clone / 'checkpoints' / 'casvit-xs_3rdparty_in1k.pth')['state_dict']
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+
+
+def test_missing_pretrained_stops_train_before_any_dataloader(toy, elsewhere, monkeypatch):
+    from casvit_mm.toy_data.coco import cfg_options
+    config = osp.join(REPO, 'configs/detection/retinanet_casvit_xs.py')  # reads the weights
+    work = elsewhere / 'work'
+    with pytest.raises(SystemExit) as err:
+        run_tool_in_process('train', [config, '--work-dir', work, '--cfg-options',
+                                      *cfg_options(toy['root'])], monkeypatch)
+    message = str(err.value)
+    assert str(elsewhere / 'checkpoints' / 'casvit-xs_3rdparty_in1k.pth') in message
+    assert '--cfg-options model.backbone.init_cfg.checkpoint=PATH' in message
+    assert 'model.backbone.init_cfg=None' in message
+    assert not work.exists()  # stopped before the runner was built
+
+
+def test_get_model_pretrained_true_says_where_and_how(elsewhere):
+    from mmpretrain import get_model
+    with pytest.raises(FileNotFoundError) as err:
+        get_model('casvit-xs_3rdparty_in1k', pretrained=True)
+    message = str(err.value)
+    assert str(elsewhere / 'checkpoints' / 'casvit-xs_3rdparty_in1k.pth') in message
+    assert 'pretrained=PATH' in message and 'pretrained=False' in message
+    assert 'init_cfg' not in message  # advice for a get_model caller
+
+
+# --- 5. the small ones ---
+
+def test_classes_the_annotation_file_lacks_are_named(toy, tmp_path, monkeypatch):
+    """metainfo.classes that match no category stop the tool and list the file's
+    categories (instead of mmengine's 'need at least one array to concatenate')."""
+    from casvit_mm.toy_data.coco import cfg_options
+    config = osp.join(REPO, 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py')
+    with pytest.raises(SystemExit) as err:
+        run_tool_in_process('train', [config, '--work-dir', tmp_path / 'work', '--cfg-options',
+                                      *cfg_options(toy['root']),
+                                      "train_dataloader.dataset.metainfo.classes=[bolt,nut]"],
+                            monkeypatch)
+    assert ("metainfo.classes ('bolt', 'nut') match none of the categories" in str(err.value)
+            and "('square', 'circle', 'triangle')" in str(err.value))
+
+
+def test_ade20k_dataset_with_own_classes_points_to_base_seg_dataset():
+    from casvit_mm.apis import load_config
+    from casvit_mm.utils import DataRootError
+    from casvit_mm.utils.data_check import check_classes
+    cfg = load_config(osp.join(REPO, 'configs/segmentation/fpn_casvit_xs_toy.py'))
+    cfg.train_dataloader.dataset.metainfo = dict(classes=('rust', 'paint'))
+    with pytest.raises(DataRootError, match=r"type='BaseSegDataset'.*own_project"):
+        check_classes(cfg, ['train'])
+
+
+def test_check_dataset_command_runs_from_anywhere(toy, tmp_path, elsewhere):
+    """The command messages give for listing damaged samples runs where the user is."""
+    from casvit_mm.toy_data.coco import cfg_options
+    from casvit_mm.utils.data_check import check_dataset_command
+    config = osp.join(REPO, 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py')
+    command = check_dataset_command(config)
+    assert command == f'python -m casvit_mm.check_dataset {config}'
+    proc = subprocess.run([sys.executable, *command.split()[1:], '--workers', '0', '--splits',
+                           'test', '--cfg-options', *cfg_options(toy['root'])[1:3]],
+                          cwd=elsewhere, env=dict(ONE_THREAD, PYTHONPATH=REPO),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'All samples of test read and consistent' in proc.stderr
+
+
+def test_deploy_switch_is_logged(toy, tmp_path, monkeypatch, capsys):
+    from casvit_mm.apis import build_model
+    from casvit_mm.toy_data.coco import cfg_options
+    config = osp.join(REPO, 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py')
+    ckpt = tmp_path / 'toy.pth'
+    torch.save({'state_dict': build_model(config).state_dict()}, ckpt)
+    run_tool_in_process('test', [config, ckpt, '--deploy', '--work-dir', tmp_path / 'work',
+                                 '--cfg-options', *cfg_options(toy['root'])[1:3],
+                                 *loaders_in_process('test_dataloader')], monkeypatch)
+    out = capsys.readouterr()
+    assert '--deploy: testing the deploy-mode model (backbone switched' in out.out + out.err

@@ -101,8 +101,16 @@ def _offending_global(text):
     return 'code outside the allowed types'
 
 
-def safe_load(path, map_location='cpu'):
+GENERIC_ADVICE = ('Give the path of a downloaded official CAS-ViT .pth or of a checkpoint '
+                  'written by tools/train.py (see docs/checkpoints.md).')
+
+
+def safe_load(path, map_location='cpu', advice=GENERIC_ADVICE):
     """Load a checkpoint file with ``weights_only=True``; explain every failure.
+
+    A relative ``path`` is looked for where you run, then in the casvit-mm
+    checkout (:func:`~.locate.resolve_checkpoint`); ``advice`` ends the message
+    of a missing file, in the caller's terms (``init_cfg``, ``pretrained=``).
 
     Raises:
         MissingCheckpointError: no such file.
@@ -110,12 +118,11 @@ def safe_load(path, map_location='cpu'):
             on the allowlist; nothing was executed.
         CheckpointError: the file is empty, truncated or not a checkpoint.
     """
-    path = os.fspath(path)
+    from .locate import resolve_checkpoint, where_looked
+    path = resolve_checkpoint(os.fspath(path))
     if not osp.isfile(path):
         raise MissingCheckpointError(
-            f'Checkpoint {path!r} does not exist. Give the path of a downloaded official '
-            f'CAS-ViT .pth or of a checkpoint written by tools/train.py (see '
-            f'docs/checkpoints.md), or set init_cfg=None to train from scratch.')
+            f'Checkpoint {path!r} does not exist (looked for: {where_looked(path)}). {advice}')
     if osp.getsize(path) == 0:
         raise CheckpointError(f'Checkpoint {path!r} is empty (0 bytes): download it again.')
     if _trusted(path):
