@@ -38,8 +38,9 @@ class EditableWheelWithPth(editable_wheel):
     """`pip install -e .`: the editable wheel only holds its own path hook, so the
     .pth is added to the files it installs next to it (setuptools >= 64)."""
 
-    def _run_build_commands(self, dist_name, unpacked_wheel, build_lib, tmp_dir):
-        result = super()._run_build_commands(dist_name, unpacked_wheel, build_lib, tmp_dir)
+    def _run_build_commands(self, dist_name, unpacked_wheel, *args, **kwargs):
+        # (setuptools' own step that fills the wheel's top level; verified with 81)
+        result = super()._run_build_commands(dist_name, unpacked_wheel, *args, **kwargs)
         shutil.copy(osp.join(HERE, PTH), osp.join(unpacked_wheel, PTH))
         return result
 

@@ -27,7 +27,9 @@ register_model_index()
 
 # Let configs inherit ours as `casvit_mm::detection/...`, the way `mmdet::` works
 # (mmengine resolves such paths only for packages listed here; the configs ship
-# in casvit_mm/.mim/configs).
+# in casvit_mm/.mim/configs). An installed casvit-mm does this in every process
+# before mmengine reads a config (casvit_mm_config_hook.py, docs/own_project.md);
+# this line covers a checkout used through PYTHONPATH.
 MODULE2PACKAGE.setdefault('casvit_mm', 'casvit_mm')
 
 __all__ = ['CASViT', 'REGISTERED_SCOPES', 'switch_model_to_deploy', '__version__']

@@ -197,6 +197,12 @@ def test_own_classes_detection_with_mmdets_train_tool(tmp_path, site_dir):
     assert ckpt['state_dict']['bbox_head.retina_cls.weight'].shape[0] == 9 * len(BOLTS)
     assert 'Epoch(val)' in out  # validated with the COCO metric on our json
     assert osp.isdir(data)
+    # and mmdet's own tools/test.py tests it
+    _, out = run_fresh(site_dir, tmp_path, mm_tool('mmdet', 'test'), cfg, 'run/epoch_1.pth',
+                       '--work-dir', 'test', '--cfg-options',
+                       'test_dataloader.dataset.pipeline.1.scale=(64,64)',
+                       *loaders_in_process('test_dataloader'))
+    assert 'Epoch(test)' in out
 
 
 def read_metrics_from_log(work_dir):
