@@ -489,3 +489,24 @@ def test_deploy_switch_is_logged(toy, tmp_path, monkeypatch, capsys):
                                  *loaders_in_process('test_dataloader')], monkeypatch)
     out = capsys.readouterr()
     assert '--deploy: testing the deploy-mode model (backbone switched' in out.out + out.err
+
+
+def test_mmdeploy_create_input_on_an_inherited_config(tmp_path):
+    """mmdeploy builds the test pipeline from mmengine's root registries under the
+    dicts' ``_scope_='casvit_mm'``; it used to stop with ``KeyError: 'PackDetInputs
+    is not in the mmengine::transform registry'``."""
+    pytest.importorskip('mmdeploy')
+    import numpy as np
+    from mmdeploy.apis.utils import build_task_processor
+    from mmengine.config import Config
+    (tmp_path / 'mine.py').write_text(
+        "_base_ = ['casvit_mm::detection/toy/retinanet_casvit_xs_toy-shapes.py']\n")
+    model_cfg = Config.fromfile(str(tmp_path / 'mine.py'))
+    assert {t.get('_scope_') for t in model_cfg.test_pipeline} == {'casvit_mm'}
+    deploy_cfg = Config(dict(codebase_config=dict(type='mmdet', task='ObjectDetection'),
+                             backend_config=dict(type='onnxruntime'),
+                             onnx_config=dict(type='onnx', input_shape=None)))
+    task = build_task_processor(model_cfg, deploy_cfg, 'cpu')
+    data, inputs = task.create_input(np.zeros((64, 64, 3), np.uint8), input_shape=None)
+    assert data['inputs'][0].shape == (3, 64, 64)
+    assert type(data['data_samples'][0]).__name__ == 'DetDataSample'
