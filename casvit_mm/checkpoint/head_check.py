@@ -45,6 +45,8 @@ def _self_checking_prefixes(model):
 def shape_mismatches(model, state_dict):
     """``[(key, checkpoint shape, model shape)]`` of tensors present in both."""
     model = _unwrap(model)
+    if type(model).__name__ == 'CASViT':  # a backbone loaded on its own checks itself
+        return []
     skip = _self_checking_prefixes(model)
     own = model.state_dict()
     return [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
@@ -120,6 +122,19 @@ def describe_mismatch(model, mismatched, source=None, classes=None):
             f'{shapes}.')
 
 
+def _check_backbones_first(model, state_dict, source):
+    """Let each CAS-ViT backbone raise its own error (a checkpoint of another size:
+    "looks like arch 'm'"), which explains a neck of other widths too."""
+    from .backbone import fit_backbone_state_dict
+    for name, module in model.named_modules():
+        if name and type(module).__name__ == 'CASViT' and not getattr(module, 'deployed',
+                                                                     False):
+            prefix = name + '.'
+            local = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            if local:
+                fit_backbone_state_dict(module, local, source, prefix)
+
+
 def check_shapes(model, state_dict):
     """Raise :class:`CheckpointError` when a tensor of ``state_dict`` has another
     shape than the model's tensor of the same name."""
@@ -127,6 +142,7 @@ def check_shapes(model, state_dict):
     if not mismatched:
         return
     metadata = getattr(state_dict, '_metadata', None)
+    _check_backbones_first(_unwrap(model), state_dict, getattr(metadata, 'source', None))
     raise CheckpointError(describe_mismatch(model, mismatched,
                                             getattr(metadata, 'source', None),
                                             getattr(metadata, 'classes', None)))

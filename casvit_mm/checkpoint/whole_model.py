@@ -132,7 +132,9 @@ class StrictCheckpointHook(Hook):
             return
         metadata = getattr(state_dict, '_metadata', None)
         source = getattr(metadata, 'source', None) or runner._load_from
-        if mismatched:  # another shape: say what it means (e.g. another number of classes)
+        if mismatched and not (missing or unexpected):
+            # the same model with tensors of another shape: say what it means (e.g.
+            # another number of classes); another model is described below
             raise CheckpointError(describe_mismatch(
                 model, _shape_triples(model, state_dict), source,
                 getattr(metadata, 'classes', None)))
