@@ -25,7 +25,7 @@ from .safe_load import SOURCE_KEY, CheckpointError, read_from, safe_load
 
 OUTPUT_NORM = re.compile(r'norm\d\.')
 INIT_CFG_ADVICE = (
-    'Download the official CAS-ViT ImageNet file and convert it there (docs/checkpoints.md), '
+    'The official CAS-ViT ImageNet file: download it and convert it there (docs/checkpoints.md), '
     'or point the backbone at your copy: model.backbone.init_cfg.checkpoint=PATH (in the '
     'config or --cfg-options; an absolute path works from anywhere), or set '
     'model.backbone.init_cfg=None to train from scratch.')
