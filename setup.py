@@ -1,7 +1,10 @@
 """casvit-mm: the CAS-ViT backbone as an OpenMMLab plugin (mmpretrain, mmdet, mmseg)."""
 import os.path as osp
+import shutil
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+from setuptools.command.editable_wheel import editable_wheel
 
 HERE = osp.dirname(osp.abspath(__file__))
 
@@ -11,6 +14,35 @@ def read_version():
     with open(osp.join(HERE, 'casvit_mm', 'version.py')) as f:
         exec(f.read(), namespace)
     return namespace['__version__']
+
+
+# The start-up hook that lets mmengine resolve `casvit_mm::` config paths in any
+# process (mmdet's own tools, the inferencers) without `import casvit_mm`:
+# casvit_mm_config_hook.py explains it. A .pth file must sit at the top of
+# site-packages, which package_data cannot do, so both builds copy it there.
+PTH = 'casvit_mm_config_hook.pth'
+
+
+class BuildPyWithPth(build_py):
+    """Wheels and plain installs: casvit_mm_config_hook.pth at the wheel's top level."""
+
+    def run(self):
+        super().run()
+        self.copy_file(osp.join(HERE, PTH), osp.join(self.build_lib, PTH))
+
+    def get_outputs(self, include_bytecode=True):
+        return super().get_outputs(include_bytecode) + [osp.join(self.build_lib, PTH)]
+
+
+class EditableWheelWithPth(editable_wheel):
+    """`pip install -e .`: the editable wheel only holds its own path hook, so the
+    .pth is added to the files it installs next to it (setuptools >= 64)."""
+
+    def _run_build_commands(self, dist_name, unpacked_wheel, *args, **kwargs):
+        # (setuptools' own step that fills the wheel's top level; verified with 81)
+        result = super()._run_build_commands(dist_name, unpacked_wheel, *args, **kwargs)
+        shutil.copy(osp.join(HERE, PTH), osp.join(unpacked_wheel, PTH))
+        return result
 
 
 def read_readme():
@@ -27,6 +59,8 @@ setup(
     license='MIT',
     python_requires='>=3.9',
     packages=find_packages(include=['casvit_mm', 'casvit_mm.*']),
+    py_modules=['casvit_mm_config_hook'],
+    cmdclass={'build_py': BuildPyWithPth, 'editable_wheel': EditableWheelWithPth},
     # The configs and the model index ship inside the package (casvit_mm/.mim/
     # links to configs/ and model-index.yml) so that `casvit_mm::detection/...`,
     # the metafiles (model names for MIM, mmpretrain's get_model and the

@@ -6,13 +6,14 @@ training-engine helpers of :mod:`casvit_mm.engine` in mmengine's registries,
 routes mmengine's loading of local checkpoint files through the
 ``weights_only`` allowlist of :mod:`casvit_mm.checkpoint` (so ``load_from``,
 ``--resume``, MM's own ``tools/test.py`` and the inferencers never run code
-from a file), and adds this package's models to mmpretrain's model index
+from a file), makes every mmengine loader refuse a tensor of another shape (a
+head trained for other classes) instead of warning, and adds this package's models to mmpretrain's model index
 (``get_model('casvit-m_3rdparty_in1k', pretrained=PATH)``).
 """
 from mmengine.config.utils import MODULE2PACKAGE
 
 from . import engine  # noqa: F401  (registers the atomic-checkpoint hook, CPU amp, ...)
-from .checkpoint import register_safe_loader
+from .checkpoint import patch_mmengine_load_state_dict, register_safe_loader
 from .checkpoint import whole_model  # noqa: F401  (registers StrictCheckpointHook)
 from .model_index import register_model_index
 from .models import CASViT, switch_model_to_deploy
@@ -21,11 +22,14 @@ from .version import __version__
 
 register_all(models=[CASViT])
 register_safe_loader()
+patch_mmengine_load_state_dict()  # a head of another shape stops every loader
 register_model_index()
 
 # Let configs inherit ours as `casvit_mm::detection/...`, the way `mmdet::` works
 # (mmengine resolves such paths only for packages listed here; the configs ship
-# in casvit_mm/.mim/configs).
+# in casvit_mm/.mim/configs). An installed casvit-mm does this in every process
+# before mmengine reads a config (casvit_mm_config_hook.py, docs/own_project.md);
+# this line covers a checkout used through PYTHONPATH.
 MODULE2PACKAGE.setdefault('casvit_mm', 'casvit_mm')
 
 __all__ = ['CASViT', 'REGISTERED_SCOPES', 'switch_model_to_deploy', '__version__']

@@ -4,7 +4,8 @@
 official file) and ``model-index.yml`` imports them; an installed package reads
 them from ``casvit_mm/.mim/``. mmpretrain's ``ModelHub`` accepts extra indexes
 (``register_model_index``), which is what makes
-``mmpretrain.get_model('casvit-m_3rdparty_in1k', pretrained=PATH)``,
+``mmpretrain.get_model('casvit-m_3rdparty_in1k', pretrained=PATH)`` (or
+``pretrained=True``: ``checkpoints/casvit-m_3rdparty_in1k.pth``),
 ``list_models('*casvit*')`` and ``ImageClassificationInferencer`` work by name.
 """
 import os.path as osp
@@ -27,10 +28,18 @@ def register_model_index():
         from mmpretrain.apis import ModelHub
     except ImportError:  # mmpretrain is optional for detection/segmentation users
         return []
+    from .checkpoint.locate import SCHEME
     names = set(ModelHub._models_dict)
     ModelHub.register_model_index(osp.join(MIM_DIR, 'configs', 'classification',
                                            'metafile.yml'), config_prefix=MIM_DIR)
     _registered.extend(sorted(set(ModelHub._models_dict) - names))
+    for name in _registered:
+        # `Weights: checkpoints/<name>.pth` is relative to where one runs; as
+        # casvit_mm://<name> it is also found in the checkout, and a missing file
+        # says how to pass pretrained=PATH (casvit_mm.checkpoint.locate).
+        model = ModelHub._models_dict[name]
+        if model.weights and '://' not in model.weights:
+            model.weights = SCHEME + model.name
     return list(_registered)
 
 

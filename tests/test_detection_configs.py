@@ -197,8 +197,8 @@ def test_configs_inherit_as_casvit_mm_package(tmp_path):
     path = tmp_path / 'my_retinanet.py'
     path.write_text(readme_config('my_retinanet.py'))
     cfg = Config.fromfile(str(path))
-    assert cfg.model.backbone.type == 'CASViT' and cfg.model.backbone.arch == 's'
-    assert cfg.model.bbox_head.num_classes == 5
+    assert cfg.model.backbone.type == 'CASViT' and cfg.model.backbone.arch == 'xs'
+    assert cfg.model.bbox_head.num_classes == 3
     assert cfg.optim_wrapper.optimizer.type == 'AdamW'
     cfg.model.backbone.init_cfg = None
     model = build_detector(cfg.model)

@@ -65,9 +65,9 @@ MISSING_ROOT = [
     (RETINA, ['train_dataloader.dataset.data_root={root}/'],
      ['annotations/instances_train2017.json', 'train2017/', 'make_toy_coco.py']),
     (SEG, ['train_dataloader.dataset.data_root={root}'],
-     ['ADEChallengeData2016/images/training', 'annotations/validation', 'make_toy_ade.py']),
+     ["'images/training'", "'annotations/validation'", 'make_toy_ade.py']),
     (CLS, ['train_dataloader.dataset.data_root={root}'],
-     ['data/imagenet/train/<class>', 'meta/val.txt', 'make_toy_imagenet.py']),
+     ["data_prefix='train'", 'make_toy_imagenet.py']),
 ]
 
 
@@ -85,6 +85,8 @@ def test_train_with_missing_data_root_shows_the_layout(config, options, layout, 
     assert f'train_dataloader.dataset: {root}' in message
     for part in layout:
         assert part in message, message
+    # a data root of one's own is not told to symlink the standard data/ layout
+    assert 'symlink' not in message and 'data/coco/' not in message, message
     # It stopped before the runner was built (the runner creates the work dir).
     assert not work.exists()
 
@@ -117,8 +119,10 @@ def test_data_check_names_exactly_what_is_missing(toy, tmp_path):
     cfg.train_dataloader.dataset.data_root = str(tmp_path / 'gone')
     assert missing_data_paths(cfg, ['train']) == [
         ('train_dataloader.dataset', str(tmp_path / 'gone'))]
-    with pytest.raises(DataRootError, match='instances_val2017.json'):
+    # ... and the files the config reads inside it (its own root: no standard layout)
+    with pytest.raises(DataRootError, match='instances_train2017.json') as err:
         check_data_paths(cfg, ['train'])
+    assert 'symlink' not in str(err.value)
 
 
 # ------------------------------------------------------------ odd image sizes

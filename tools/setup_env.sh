@@ -128,6 +128,9 @@ say "installing the OpenMMLab stack and casvit-mm (editable)"
 pip install -q -f "$wheel_dir" -r requirements/stack.txt
 pip install -q -f "$wheel_dir" -e ".[${EXTRAS}]"
 
+# the start-up hook that lets any process read casvit_mm:: configs (docs/own_project.md)
+"$VENV/bin/python" -c "import sys; assert 'casvit_mm_config_hook' in sys.modules" \
+  || die "casvit_mm_config_hook.pth was not installed into site-packages (setup.py's editable_wheel step)"
 check_ops || die "mmcv.ops does not work: the mmcv wheel in $wheel_dir was built without ops; delete it and re-run"
 rm -f "$VENV"/.casvit-setup-*
 touch "$stamp"

@@ -27,6 +27,7 @@ import os.path as osp
 import casvit_mm  # noqa: F401  (registers CASViT in every codebase)
 from casvit_mm.apis import (DeployHook, build_runner, check_data, codebase, config_from_args,
                             enable_tta, enable_visualization, parse_tool_args)
+from casvit_mm.checkpoint.locate import resolve_checkpoint, where_looked
 from casvit_mm.checkpoint.whole_model import StrictCheckpointHook
 from casvit_mm.engine import closing_process_group, setup_cpu_distributed, use_stop_signals
 
@@ -56,10 +57,12 @@ def main():
     switch_to_deploy = None
     if args.deploy:  # fail before building anything when the function is missing
         from casvit_mm.models.fusion import switch_model_to_deploy as switch_to_deploy
+    # a relative path: where you run, then in the casvit-mm checkout
+    args.checkpoint = resolve_checkpoint(args.checkpoint)
     if not osp.isfile(args.checkpoint):
-        raise SystemExit(f'Checkpoint {args.checkpoint!r} does not exist: give the .pth '
-                         f'written by tools/train.py (work_dirs/<config>/iter_N.pth or '
-                         f'epoch_N.pth).')
+        raise SystemExit(f'Checkpoint {args.checkpoint!r} does not exist (looked for: '
+                         f'{where_looked(args.checkpoint)}): give the .pth written by '
+                         f'tools/train.py (work_dirs/<config>/iter_N.pth or epoch_N.pth).')
     cfg = config_from_args(args)
     scope = codebase(cfg)
     if args.out and scope != 'mmseg' and not args.out.endswith(('.pkl', '.pickle')):

@@ -22,7 +22,8 @@ import os.path as osp
 import torch
 
 import casvit_mm  # noqa: F401  (registers CASViT in every codebase)
-from casvit_mm.apis import build_runner, check_data, config_from_args, parse_tool_args
+from casvit_mm.apis import (build_runner, check_checkpoints, check_data, config_from_args,
+                            parse_tool_args)
 from casvit_mm.checkpoint import CheckpointError, check_resumable
 from casvit_mm.engine import (closing_process_group, setup_cpu_distributed,
                              use_atomic_checkpoints, use_compile_fixes, use_long_run_guards)
@@ -83,6 +84,7 @@ def main():
     name_load_errors(cfg, args.config)  # a bad sample's error names it and the check command
     use_compile_fixes(cfg)  # cfg.compile: let TorchDynamo trace the optimizer step
     check_data(cfg, ['train', 'val'] if cfg.get('val_cfg') else ['train'])
+    check_checkpoints(cfg)  # the ImageNet weights and load_from, before any dataloader
     setup_cpu_distributed(cfg)  # torchrun on a machine without CUDA
     with closing_process_group():  # never left to Python's exit (gloo may abort there)
         build_runner(cfg).train()

@@ -20,8 +20,10 @@ from mmengine.runner import Runner
 from ..registry import MODEL_SCOPES
 from .build import load_config
 from ..utils import DataRootError, check_data_paths
+from ..utils.data_check import check_classes
 
-__all__ = ['DeployHook', 'build_runner', 'check_data', 'codebase', 'config_from_args',
+__all__ = ['DeployHook', 'build_runner', 'check_checkpoints', 'check_data', 'codebase',
+           'config_from_args',
            'enable_tta', 'enable_visualization', 'parse_tool_args']
 
 
@@ -67,8 +69,35 @@ def check_data(cfg, splits):
     """Stop before building anything if the config's data is not on disk."""
     try:
         check_data_paths(cfg, splits)
+        check_classes(cfg, splits)
     except DataRootError as e:
         raise SystemExit(str(e))
+
+
+def check_checkpoints(cfg):
+    """Stop before building anything if a checkpoint the run starts from is missing.
+
+    Why: mmengine reads the backbone's ImageNet weights (``init_cfg``) and
+    ``load_from`` only after it has built the dataloaders, which on a real data
+    set takes minutes. Relative paths are looked for where you run, then in the
+    casvit-mm checkout (:mod:`casvit_mm.checkpoint.locate`).
+    """
+    from ..checkpoint.locate import missing_checkpoints
+    missing = missing_checkpoints(cfg)
+    if not missing:
+        return
+    lines = ['A checkpoint this run starts from is not on disk:']
+    lines += [f'  {key} = {path!r} (looked for: {looked})' for key, path, looked in missing]
+    keys = [key for key, _, _ in missing]
+    lines.append('Put the file there (the official ImageNet weights: convert them with '
+                 'tools/model_converters/casvit_to_mm.py, docs/checkpoints.md), or pass '
+                 + ' '.join(f'--cfg-options {key}=PATH' for key in keys)
+                 + ' (an absolute path works from anywhere)')
+    init_cfgs = sorted({key.rsplit('.', 1)[0] for key in keys if key.endswith('.checkpoint')})
+    if init_cfgs:
+        lines[-1] += ', or ' + ' '.join(f'{k}=None' for k in init_cfgs) + \
+            ' to train from scratch'
+    raise SystemExit('\n'.join(lines) + '.')
 
 
 def build_runner(cfg):
@@ -123,5 +152,13 @@ class DeployHook(Hook):
         self.switch = switch
 
     def before_test(self, runner):
+        from mmengine.logging import print_log
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         self.switch(model)
+        switched = [name or 'model' for name, m in model.named_modules()
+                    if type(m).__name__ == 'CASViT' and getattr(m, 'deployed', False)]
+        if not switched:
+            raise RuntimeError('--deploy: the model has no CASViT that switched to deploy '
+                               'mode; test without --deploy.')
+        print_log(f'--deploy: testing the deploy-mode model ({", ".join(switched)} switched '
+                  f'to fused blocks)', logger='current')

@@ -14,6 +14,8 @@ Users bring four layouts (see docs/checkpoints.md):
 - :mod:`.convert`: pure, idempotent renaming of official keys;
 - :mod:`.backbone`: the ``CASViT`` load hook and ``init_cfg`` loader that
   convert and check, on every loading path;
+- :mod:`.head_check`: refuse tensors of another shape (a head trained for
+  other classes) on every mmengine loading path;
 - :mod:`.whole_model`: which config a whole-model file belongs to, and the
   ``StrictCheckpointHook`` of ``tools/test.py``.
 
@@ -25,6 +27,7 @@ from .backbone import convert_on_load, fit_backbone_state_dict, load_backbone_ch
 from .convert import (CLASSIFIER_KEYS, convert_official, extract_state_dict, infer_arch,
                       is_official_layout, is_whole_model, to_backbone, to_mm_model,
                       to_mmpretrain)
+from .head_check import check_shapes, patch_mmengine_load_state_dict
 from .mmengine_loader import (check_resumable, load_from_local_weights_only,
                               register_safe_loader, safe_loader_is_registered)
 from .safe_load import (TRUSTED_ENV, CheckpointError, MissingCheckpointError,
@@ -32,9 +35,10 @@ from .safe_load import (TRUSTED_ENV, CheckpointError, MissingCheckpointError,
 
 __all__ = [
     'CLASSIFIER_KEYS', 'TRUSTED_ENV', 'CheckpointError', 'MissingCheckpointError',
-    'UnsafeCheckpointError', 'check_resumable', 'convert_official', 'convert_on_load',
+    'UnsafeCheckpointError', 'check_resumable', 'check_shapes', 'convert_official', 'convert_on_load',
     'extract_state_dict', 'fit_backbone_state_dict', 'infer_arch', 'is_official_layout',
     'is_whole_model', 'load_backbone_checkpoint', 'load_from_local_weights_only',
+    'patch_mmengine_load_state_dict',
     'register_safe_loader', 'safe_globals', 'safe_load', 'safe_loader_is_registered',
     'tag_source', 'to_backbone', 'to_mm_model', 'to_mmpretrain'
 ]

@@ -24,6 +24,11 @@ from .convert import (CLASSIFIER_KEYS, convert_official, describe_arch, extract_
 from .safe_load import SOURCE_KEY, CheckpointError, read_from, safe_load
 
 OUTPUT_NORM = re.compile(r'norm\d\.')
+INIT_CFG_ADVICE = (
+    'The official CAS-ViT ImageNet file: download it and convert it there (docs/checkpoints.md), '
+    'or point the backbone at your copy: model.backbone.init_cfg.checkpoint=PATH (in the '
+    'config or --cfg-options; an absolute path works from anywhere), or set '
+    'model.backbone.init_cfg=None to train from scratch.')
 
 
 def _module(key):
@@ -177,7 +182,7 @@ def load_backbone_checkpoint(model, path, prefix=None, logger='current'):
     """
     if getattr(model, 'deployed', False):
         raise CheckpointError('Load checkpoints before switch_to_deploy(), not after.')
-    state_dict = extract_state_dict(safe_load(path), repr(path))
+    state_dict = extract_state_dict(safe_load(path, advice=INIT_CFG_ADVICE), repr(path))
     from_classifier = any(k.startswith(('head.', 'dist_head.')) for k in state_dict)
     if prefix:
         if not any(k.startswith(prefix) for k in state_dict):

@@ -24,6 +24,7 @@ from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from .convert import is_official_layout, to_mmpretrain
+from .locate import SCHEME, model_file, resolve_checkpoint
 from .safe_load import CheckpointError, safe_load, tag_source
 
 
@@ -52,10 +53,28 @@ def load_from_local_weights_only(filename, map_location=None):
     return tag_source(as_mmpretrain_if_official_classifier(checkpoint, filename), filename)
 
 
+def load_from_model_index(filename, map_location=None):
+    """``casvit_mm://NAME``: the weights of model NAME (``get_model(NAME, pretrained=True)``),
+    ``checkpoints/NAME.pth`` where you run or in the casvit-mm checkout. No download.
+
+    (mmengine logs ``Loads checkpoint by model_index backend``.)
+    """
+    name = filename[len(SCHEME):]
+    path = model_file(name)
+    advice = (f'get_model({name!r}, pretrained=True) reads that file: convert the official '
+              f'file there (python tools/model_converters/casvit_to_mm.py OFFICIAL.pth {path}; '
+              f'docs/checkpoints.md), or pass pretrained=PATH (any CAS-ViT checkpoint, the '
+              f'official one as downloaded), or pretrained=False for random weights.')
+    checkpoint = safe_load(path, map_location=map_location, advice=advice)
+    path = resolve_checkpoint(path)
+    return tag_source(as_mmpretrain_if_official_classifier(checkpoint, path), path)
+
+
 def register_safe_loader():
-    """Replace mmengine's loader for local paths (idempotent)."""
+    """Replace mmengine's loader for local paths and add ``casvit_mm://`` (idempotent)."""
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only,
                                      force=True)
+    CheckpointLoader.register_scheme(prefixes=SCHEME, loader=load_from_model_index, force=True)
 
 
 def safe_loader_is_registered():

@@ -101,8 +101,16 @@ def _offending_global(text):
     return 'code outside the allowed types'
 
 
-def safe_load(path, map_location='cpu'):
+GENERIC_ADVICE = ('Give the path of a downloaded official CAS-ViT .pth or of a checkpoint '
+                  'written by tools/train.py (see docs/checkpoints.md).')
+
+
+def safe_load(path, map_location='cpu', advice=GENERIC_ADVICE):
     """Load a checkpoint file with ``weights_only=True``; explain every failure.
+
+    A relative ``path`` is looked for where you run, then in the casvit-mm
+    checkout (:func:`~.locate.resolve_checkpoint`); ``advice`` ends the message
+    of a missing file, in the caller's terms (``init_cfg``, ``pretrained=``).
 
     Raises:
         MissingCheckpointError: no such file.
@@ -110,12 +118,11 @@ def safe_load(path, map_location='cpu'):
             on the allowlist; nothing was executed.
         CheckpointError: the file is empty, truncated or not a checkpoint.
     """
-    path = os.fspath(path)
+    from .locate import resolve_checkpoint, where_looked
+    path = resolve_checkpoint(os.fspath(path))
     if not osp.isfile(path):
         raise MissingCheckpointError(
-            f'Checkpoint {path!r} does not exist. Give the path of a downloaded official '
-            f'CAS-ViT .pth or of a checkpoint written by tools/train.py (see '
-            f'docs/checkpoints.md), or set init_cfg=None to train from scratch.')
+            f'Checkpoint {path!r} does not exist (looked for: {where_looked(path)}). {advice}')
     if osp.getsize(path) == 0:
         raise CheckpointError(f'Checkpoint {path!r} is empty (0 bytes): download it again.')
     if _trusted(path):
@@ -147,13 +154,16 @@ class SourceMetadata(OrderedDict):
     """A state dict's ``_metadata`` that also tells every module the file it came from.
 
     ``load_state_dict`` hands each module ``metadata.get(prefix)``; adding the
-    source there lets the CAS-ViT load hook name the file in its errors. Pickles
-    as a plain ``OrderedDict`` so re-saved state dicts stay loadable.
+    source there lets the CAS-ViT load hook name the file in its errors. It also
+    keeps the class names the checkpoint was trained with (``meta.dataset_meta``),
+    which the head check (:mod:`.head_check`) reports when a head does not fit.
+    Pickles as a plain ``OrderedDict`` so re-saved state dicts stay loadable.
     """
 
-    def __init__(self, entries, source):
+    def __init__(self, entries, source, classes=None):
         super().__init__(entries)
         self.source = source
+        self.classes = classes
 
     def get(self, key, default=None):
         entry = super().get(key, default)
@@ -163,24 +173,37 @@ class SourceMetadata(OrderedDict):
         return OrderedDict, (list(self.items()),)
 
 
-def _tag(state_dict, path):
+def _tag(state_dict, path, classes=None):
     if not any(isinstance(v, torch.Tensor) for v in state_dict.values()):
         return state_dict
     if type(state_dict) is dict:  # a plain dict takes no attributes
         state_dict = OrderedDict(state_dict)
-    state_dict._metadata = SourceMetadata(getattr(state_dict, '_metadata', None) or {}, path)
+    state_dict._metadata = SourceMetadata(getattr(state_dict, '_metadata', None) or {}, path,
+                                          classes)
     return state_dict
 
 
+def trained_classes(checkpoint):
+    """The class names a checkpoint was trained with, or None (mmengine runs save
+    ``meta.dataset_meta.classes``; mmdet 2 / mmseg 0 files ``meta.CLASSES``)."""
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    if not isinstance(meta, dict):
+        return None
+    classes = (meta.get('dataset_meta') or {}).get('classes') or meta.get('CLASSES')
+    return tuple(classes) if isinstance(classes, (list, tuple)) and classes else None
+
+
 def tag_source(checkpoint, path):
-    """Record ``path`` in the ``_metadata`` of the checkpoint's state dict(s)."""
+    """Record ``path`` (and the trained classes) in the ``_metadata`` of the
+    checkpoint's state dict(s)."""
     if not isinstance(checkpoint, dict):
         return checkpoint
+    classes = trained_classes(checkpoint)
     for key in ('state_dict', 'model'):
         if isinstance(checkpoint.get(key), dict):
-            checkpoint[key] = _tag(checkpoint[key], path)
+            checkpoint[key] = _tag(checkpoint[key], path, classes)
     state_dict = checkpoint.get('state_dict', checkpoint)
     _LAST_READ['path'] = path
     _LAST_READ['tensors'] = {id(v): weakref.ref(v) for v in state_dict.values()
                              if isinstance(v, torch.Tensor)}
-    return _tag(checkpoint, path)
+    return _tag(checkpoint, path, classes)

@@ -20,6 +20,7 @@ from mmengine.registry import HOOKS
 
 from ..models import CASViT
 from .convert import convert_official, infer_arch, strip_prefix
+from .head_check import describe_mismatch, shape_mismatches
 from .safe_load import CheckpointError
 
 CONFIG_ROOT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), '.mim', 'configs')
@@ -99,6 +100,13 @@ def misfit(model, state_dict, backbone_types=(CASViT, )):
     return missing, unexpected, mismatched
 
 
+def _shape_triples(model, state_dict):
+    """``(key, checkpoint shape, model shape)`` of the tensors of another shape."""
+    given = {k[len('module.'):] if k.startswith('module.') else k: v
+             for k, v in state_dict.items()}
+    return shape_mismatches(model, given)
+
+
 @HOOKS.register_module()
 class StrictCheckpointHook(Hook):
     """Stop ``tools/test.py`` when the checkpoint does not fit the whole model.
@@ -106,8 +114,10 @@ class StrictCheckpointHook(Hook):
     Why: mmengine loads ``load_from`` with ``strict=False`` and only warns, so a
     RetinaNet file given to a Mask R-CNN config is evaluated with random heads.
     Testing a checkpoint needs every tensor. Runs in ``after_load_checkpoint``,
-    before mmengine copies the weights. (Training with ``load_from`` keeps
-    mmengine's behaviour: fine-tuning to other classes relies on it.)
+    before mmengine copies the weights. Tensors of another shape (a head
+    trained for other classes) are refused on every path by :mod:`.head_check`;
+    this hook reports them the same way and adds missing and left-over keys,
+    which training with ``load_from`` keeps as mmengine's warning.
     With MM's own ``test.py``: ``custom_hooks = [dict(type='StrictCheckpointHook')]``.
     """
     priority = 'VERY_HIGH'
@@ -122,6 +132,12 @@ class StrictCheckpointHook(Hook):
             return
         metadata = getattr(state_dict, '_metadata', None)
         source = getattr(metadata, 'source', None) or runner._load_from
+        if mismatched and not (missing or unexpected):
+            # the same model with tensors of another shape: say what it means (e.g.
+            # another number of classes); another model is described below
+            raise CheckpointError(describe_mismatch(
+                model, _shape_triples(model, state_dict), source,
+                getattr(metadata, 'classes', None)))
         match, why = matching_config({k: v for k, v in state_dict.items()
                                       if hasattr(v, 'shape')})
         hint = (f'Its keys are those of configs/{match} (model {why}).' if match else

@@ -32,6 +32,8 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 
+from ..utils.data_check import check_dataset_command
+
 EXIT_DIVERGED = 3  # exit status of a run stopped by a non-finite loss or weight
 
 
@@ -100,7 +102,7 @@ def diverged_message(runner, what):
         '  - float16 without loss scaling: use --amp (mmengine\'s AmpOptimWrapper scales the '
         'loss dynamically) instead of casting the model to half precision;',
         '  - a damaged sample or annotation (e.g. an empty or huge box): '
-        f'python tools/misc/check_dataset.py {getattr(cfg, "filename", None) or "CONFIG"} '
+        f'{check_dataset_command(getattr(cfg, "filename", None) or "CONFIG")} '
         'lists them.',
     ])
 

@@ -8,6 +8,7 @@ folder should look. This check lists every missing path of the config's
 datasets and evaluators and shows the layout the config expects, plus the
 command that generates the small toy set instead.
 """
+import os
 import os.path as osp
 
 LAYOUTS = {
@@ -35,6 +36,15 @@ LAYOUTS = {
         'python tools/dataset_converters/make_toy_imagenet.py data/toy_imagenet  '
         '(then use configs/classification/casvit_xs_toy.py)'),
 }
+
+
+def check_dataset_command(config='CONFIG'):
+    """The command that lists the damaged samples of ``config``, as it runs from
+    here: the repository's tool from the checkout's root, the module elsewhere."""
+    tool = osp.join('tools', 'misc', 'check_dataset.py')
+    if osp.isfile(tool) and osp.isfile(osp.join('casvit_mm', 'check_dataset.py')):
+        return f'python {tool} {config}'
+    return f'python -m casvit_mm.check_dataset {config}'
 
 
 class DataRootError(FileNotFoundError):
@@ -106,20 +116,118 @@ def _inside(path, folder):
     return path == folder or path.startswith(folder + osp.sep)
 
 
+STANDARD_ROOTS = {'mmdet': 'data/coco', 'mmseg': 'data/ade', 'mmpretrain': 'data/imagenet'}
+
+
 def check_data_paths(cfg, splits):
-    """Raise :class:`DataRootError` with the expected layout if data is missing."""
+    """Raise :class:`DataRootError` with what to do if data is missing.
+
+    The standard layout (and a ``data/`` symlink) is suggested only when the
+    config reads the standard place (``data/coco`` for mmdet, ...); a data set
+    of one's own is told the paths its config names and how to change them.
+    """
     missing = missing_data_paths(cfg, splits)
     if not missing:
         return
-    layout, toy = LAYOUTS.get(cfg.get('default_scope'), (None, None))
+    scope = cfg.get('default_scope')
+    layout, toy = LAYOUTS.get(scope, (None, None))
+    standard = STANDARD_ROOTS.get(scope)
+    reads_standard = standard is not None and any(
+        _inside(path, standard) for _, path in missing)
     lines = ['The data set this config reads is not on disk:']
     lines += [f'  {where}: {path}' for where, path in missing]
-    if layout:
+    if layout and reads_standard:
         lines += ['Put the data in the layout the config expects (paths relative to the '
                   'directory you run from; a symlink data/ -> your copy is enough):',
                   layout]
+    else:
+        lines.append('What the config reads (data_root, then ann_file and data_prefix '
+                     'inside it):')
+        lines += _config_layout(cfg, {where.split('.')[0].split('_')[0]
+                                      for where, _ in missing})
+        if any(not osp.isabs(path) for _, path in missing):
+            lines.append(f'Relative paths are read from the directory you run in '
+                         f'({os.getcwd()}).')
     lines += ['or point the config at your copy (edit data_root, or pass --cfg-options '
-              '<split>_dataloader.dataset.data_root=PATH/ for each split).']
+              '<split>_dataloader.dataset.data_root=PATH/ for each split).'
+              if reads_standard else
+              'Fix data_root, ann_file or data_prefix of these datasets in the config (or '
+              'with --cfg-options <split>_dataloader.dataset.data_root=PATH/); a data set of '
+              'your own: docs/own_project.md.']
     if toy:
         lines += [f'To try the pipeline without the real data, generate the toy set: {toy}']
     raise DataRootError('\n'.join(lines))
+
+
+def _config_layout(cfg, splits):
+    """One line per dataset of ``splits``: its data_root, ann_file and data_prefix."""
+    lines = []
+    for split in sorted(splits):
+        loader = cfg.get(f'{split}_dataloader') or {}
+        for dataset in _datasets(loader.get('dataset')):
+            parts = [f"data_root={dataset.get('data_root')!r}"]
+            parts += [f'{key}={dataset[key]!r}' for key in ('ann_file', 'data_prefix')
+                      if dataset.get(key)]
+            lines.append(f'  {split}: ' + ', '.join(parts))
+    return lines
+
+
+def _datasets(dataset):
+    """The leaf dataset configs under dataset wrappers."""
+    if not dataset:
+        return []
+    if dataset.get('dataset') is not None:
+        return _datasets(dataset['dataset'])
+    if dataset.get('datasets') is not None:
+        return [d for child in dataset['datasets'] for d in _datasets(child)]
+    return [dataset]
+
+
+def check_classes(cfg, splits):
+    """Raise :class:`DataRootError` when ``metainfo.classes`` cannot select anything.
+
+    Why: mmdet's ``CocoDataset`` keeps the annotations whose category *name* is
+    in ``metainfo.classes``; names that match none of the file's categories
+    leave the data set empty, and training died in mmengine with
+    ``ValueError: need at least one array to concatenate``. mmseg's
+    ``ADE20KDataset`` takes only ADE20K's own class names. Runs when a config
+    sets ``metainfo.classes`` (a data set of one's own); reads the category
+    list of COCO-format annotation files.
+    """
+    import json
+    problems = []
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader') or {}
+        for dataset in _datasets(loader.get('dataset')):
+            classes = (dataset.get('metainfo') or {}).get('classes')
+            if not classes:
+                continue
+            where = f'{split}_dataloader.dataset'
+            if dataset.get('type') == 'ADE20KDataset':
+                from mmseg.datasets import ADE20KDataset
+                others = [c for c in classes if c not in ADE20KDataset.METAINFO['classes']]
+                if others:
+                    problems.append(
+                        f'{where}: ADE20KDataset only takes ADE20K\'s class names, not '
+                        f'{others[:5]}: read a data set of your own with type='
+                        f"'BaseSegDataset', img_suffix='.jpg', seg_map_suffix='.png', "
+                        f'reduce_zero_label=True (docs/own_project.md).')
+                continue
+            ann_file = dataset.get('ann_file') or ''
+            path = osp.join(dataset.get('data_root') or '', ann_file)
+            if not ann_file.endswith('.json') or _is_remote(path, dataset) \
+                    or not osp.isfile(path):
+                continue
+            with open(path) as f:
+                categories = json.load(f).get('categories')
+            if not isinstance(categories, list):
+                continue
+            names = [c.get('name') for c in categories]
+            if not set(classes) & set(names):
+                problems.append(
+                    f'{where}: metainfo.classes {tuple(classes)} match none of the '
+                    f'categories of {path}: {tuple(names)}. Name the classes as the file '
+                    f'does (any subset, any order).')
+    if problems:
+        raise DataRootError('\n'.join(['The classes of this config select nothing:']
+                                      + problems))

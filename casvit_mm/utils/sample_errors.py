@@ -15,6 +15,8 @@ unchanged; ``tools/train.py`` applies it to every config.
 from mmcv.transforms import BaseTransform
 from mmengine.registry import TRANSFORMS
 
+from .data_check import check_dataset_command
+
 FILE_KEYS = ('img_path', 'seg_map_path', 'ann_path')
 
 
@@ -59,7 +61,7 @@ class NameBadSample(BaseTransform):
                 f'{type(e).__name__}: {e}\n'
                 f'The file may be missing, truncated or not an image. List every such sample '
                 f'of this config before training: '
-                f'python tools/misc/check_dataset.py {self.config}') from e
+                f'{check_dataset_command(self.config)}') from e
 
     def __repr__(self):
         return f'{type(self).__name__}({self.step!r})'
