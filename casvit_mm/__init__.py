@@ -14,6 +14,7 @@ from mmengine.config.utils import MODULE2PACKAGE
 from . import engine  # noqa: F401  (registers the atomic-checkpoint hook, CPU amp, ...)
 from .checkpoint import register_safe_loader
 from .checkpoint import whole_model  # noqa: F401  (registers StrictCheckpointHook)
+from .deploy import mmdeploy_compat
 from .model_index import register_model_index
 from .models import CASViT, switch_model_to_deploy
 from .registry import REGISTERED_SCOPES, register_all
@@ -22,6 +23,7 @@ from .version import __version__
 register_all(models=[CASViT])
 register_safe_loader()
 register_model_index()
+mmdeploy_compat.install()  # patches mmdeploy for torch 2.13 when (and if) it is imported
 
 # Let configs inherit ours as `casvit_mm::detection/...`, the way `mmdet::` works
 # (mmengine resolves such paths only for packages listed here; the configs ship
