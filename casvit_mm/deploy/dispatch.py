@@ -27,7 +27,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 __all__ = ['BACKENDS', 'SHAPES', 'Exported', 'backend_model', 'deploy_config',
-           'deploy_config_dir', 'export', 'onnxruntime_session', 'task_of']
+           'deploy_config_dir', 'export', 'onnxruntime_session', 'pipeline_data', 'task_of']
 
 BACKENDS = ('onnxruntime', 'openvino')
 SHAPES = ('static', 'dynamic')
@@ -164,15 +164,36 @@ def export(model_cfg, checkpoint: Optional[str] = None, backend: str = 'onnxrunt
                     shape=shape, input_hw=tuple(hw[::-1]) if hw else None)
 
 
-def backend_model(exported: Exported, device: str = 'cpu'):
+def backend_model(exported: Exported, device: str = 'cpu', clip_boxes: bool = True):
     """mmdeploy's backend model for an export (``End2EndModel``: the config's data
     preprocessor in PyTorch, the file in its runtime, mmdeploy's post-processing);
     ``test_step(data)`` gives the data samples mmdet / mmseg / mmpretrain's own
-    ``test_step`` gives, rescaled to the original image."""
+    ``test_step`` gives, rescaled to the original image.
+
+    ``clip_boxes``: clip detections to the original image, as mmdet does
+    (mmdeploy clips to the padded network input; see
+    :func:`casvit_mm.deploy.parity.clip_boxes_to_image`).
+    """
     from mmdeploy.apis import build_task_processor
     processor = build_task_processor(exported.model_cfg, exported.deploy_cfg, device)
-    return processor.build_backend_model(
+    model = processor.build_backend_model(
         exported.files, data_preprocessor_updater=processor.update_data_preprocessor)
+    if clip_boxes and exported.task in ('detection', 'instance-seg'):
+        from .parity import clip_boxes_to_image
+        forward = model.forward
+        model.forward = lambda *args, **kwargs: clip_boxes_to_image(forward(*args, **kwargs))
+    return model
+
+
+def pipeline_data(exported: Exported, images, input_shape=None):
+    """Images (paths or BGR arrays) through the model's test pipeline, batched as
+    ``test_step`` takes them (mmdeploy's ``create_input``). A static file needs
+    ``input_shape`` (W, H): every image is resized to it."""
+    from mmdeploy.apis import build_task_processor
+    processor = build_task_processor(exported.model_cfg, exported.deploy_cfg, 'cpu')
+    if input_shape is None and exported.shape == 'static' and exported.input_hw:
+        input_shape = exported.input_hw[::-1]
+    return processor.create_input(images, input_shape)[0]
 
 
 def onnxruntime_session(path: str, threads: Optional[int] = None, spinning: bool = True):

@@ -22,6 +22,15 @@ mmdeploy's last release (1.3.1) predates torch 2.9. Two things it calls changed:
    own shapes, static or dynamic as exported, instead of mo's fixed
    ``--input_shape``) and an ``openvino.Core`` wrapper (float32 inference).
 
+4. Not a torch change but an mmseg one mmdeploy does not rewrite: mmseg's ``Upsample``
+   (the scale heads of Semantic FPN's ``FPNHead``) computes its output size as
+   ``int(t * scale_factor)`` from the input's shape, which tracing freezes to the
+   export image's size (``TracerWarning: Converting a tensor to a Python integer
+   might cause the trace to be incorrect``). A file exported with dynamic H/W then
+   upsamples with the export size's sizes: 94-99.5 % of the label-map pixels
+   equal at other sizes on the tests' models. A rewriter (active only while
+   mmdeploy exports) passes the scale factor instead: the same sizes, traced.
+
 And one hook, not a fix: mmdeploy's ``BaseTask.build_pytorch_model`` already calls
 ``model.backbone.switch_to_deploy()`` (it does so for RepVGG / MobileOne); the hook
 then runs :func:`casvit_mm.switch_model_to_deploy` on models with a CAS-ViT, so the
@@ -120,6 +129,17 @@ def _patch_openvino_backend():
     wrapper.OpenVINOWrapper = OpenVINOWrapper
 
 
+def _rewrite_mmseg_upsample():
+    from mmdeploy.core import FUNCTION_REWRITER
+
+    @FUNCTION_REWRITER.register_rewriter('mmseg.models.utils.wrappers.Upsample.forward')
+    def upsample__forward(self, x):
+        if self.size:
+            return FUNCTION_REWRITER.get_context().origin_func(self, x)
+        import torch.nn.functional as F
+        return F.interpolate(x, None, self.scale_factor, self.mode, self.align_corners)
+
+
 def _deploy_hook():
     """After mmdeploy builds the PyTorch model: the whole-model CAS-ViT deploy switch."""
     from mmdeploy.codebase.base.task import BaseTask
@@ -146,6 +166,7 @@ def apply():
     _patch_onnx_export_default()
     _patch_cast_long()
     _patch_openvino_backend()
+    _rewrite_mmseg_upsample()
     _deploy_hook()
     _state['applied'] = True
 
