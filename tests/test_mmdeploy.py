@@ -461,3 +461,29 @@ def test_classifier(shape, tmp_path):
     model = build_model(CLS, checkpoint)
     same, diff = classification_agreement(*zip(*compare(exported, model, images)))
     assert same and diff < 1e-4, diff
+
+
+# ------------------------------------------------------------------ int8
+def test_int8_quantization_of_the_mmdeploy_file(retinanet_dynamic, trained_retinanet, toy,
+                                                tmp_path):
+    """casvit_mm.quantization quantizes the network of the file mmdeploy wrote (same
+    node scopes as its own graphs), calibrated on toy images as the data
+    preprocessor gives them; the int8 file keeps dynamic H/W and its detections."""
+    from casvit_mm.quantization import quantize_onnx, quantized_ops
+    from casvit_mm.deploy.dispatch import onnxruntime_session
+    model = build_model(RETINA_TOY, trained_retinanet)
+    batches = []
+    for image in toy_images(toy, [(96, 128), (128, 96)]):
+        inputs = model.data_preprocessor(pipeline_data(retinanet_dynamic, [image]))['inputs']
+        batches.append({'input': inputs.numpy()})
+    int8 = quantize_onnx(retinanet_dynamic.onnx, str(tmp_path / 'int8.onnx'), batches,
+                         kind='retinanet')
+    ops = quantized_ops(int8)
+    assert ops['QuantizeLinear'] > 100
+    fp32 = onnxruntime_session(retinanet_dynamic.onnx, 1)
+    session = onnxruntime_session(int8, 1)
+    for batch in batches:
+        dets, labels = session.run(None, batch)
+        ref_dets, ref_labels = fp32.run(None, batch)
+        assert dets.shape == ref_dets.shape and dets.shape[-1] == 5
+        assert labels[0, 0] == ref_labels[0, 0]  # the best detection keeps its class

@@ -166,7 +166,7 @@ def check_detector(name, model, image, out_dir):
 
 def check_mmdeploy(config, model, args):
     """Whole model through mmdeploy, checked against the PyTorch model's test_step
-    at the export image's size and at two other sizes (one transposed)."""
+    at the export image's size and at two other aspect ratios."""
     import numpy as np
     from mmengine.fileio import get
     import mmcv
@@ -184,7 +184,7 @@ def check_mmdeploy(config, model, args):
                       input_shape=(w, h) if static else None)
     deployed = backend_model(exported)
     H, W = image.shape[:2]
-    images = [image, mmcv.imresize(image, (H, W)), mmcv.imresize(image, (W * 3 // 4, H))]
+    images = [image, mmcv.imresize(image, (W, H * 3 // 4)), mmcv.imresize(image, (W * 3 // 4, H))]
     pairs = []
     for img in images:
         data = pipeline_data(exported, [img])
