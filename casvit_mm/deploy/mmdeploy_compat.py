@@ -91,6 +91,7 @@ def _patch_openvino_backend():
     from mmdeploy.backend.openvino import onnx2openvino, wrapper
     if getattr(wrapper.OpenVINOWrapper, '_casvit_mmdeploy_patch', False):
         return
+    import torch
     from mmdeploy.backend.base import BaseWrapper
 
     def from_onnx(onnx_model, output_file_prefix, input_info=None, output_names=None,
@@ -124,7 +125,6 @@ def _patch_openvino_backend():
             return {name: torch.from_numpy(results[out].copy())
                     for name, out in zip(self._names, self.model.outputs)}
 
-    import torch
     onnx2openvino.from_onnx = from_onnx
     wrapper.OpenVINOWrapper = OpenVINOWrapper
 

@@ -255,6 +255,7 @@ def mmdeploy_runner(base, data, hw, work_dir, threads):
     model, returned as a callable running ``test_step(data)``."""
     import numpy as np
     from casvit_mm.deploy.dispatch import backend_model, export, onnxruntime_session
+    os.makedirs(work_dir, exist_ok=True)
     checkpoint = osp.join(work_dir, 'weights.pth')
     torch.save({'state_dict': base.state_dict()}, checkpoint)
     image = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
