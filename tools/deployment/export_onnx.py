@@ -180,7 +180,12 @@ def check_mmdeploy(config, model, args):
     name = osp.splitext(osp.basename(config))[0]
     work_dir = osp.join(args.out_dir, f'{name}_{args.backend}_{args.shape_mode}')
     static = args.shape_mode == 'static'
-    exported = export(config, args.checkpoint, args.backend, args.shape_mode, work_dir, image,
+    checkpoint = args.checkpoint
+    if checkpoint is None:  # random weights: export the very model compared below
+        os.makedirs(work_dir, exist_ok=True)
+        checkpoint = osp.join(work_dir, 'random_weights.pth')
+        torch.save({'state_dict': model.state_dict()}, checkpoint)
+    exported = export(config, checkpoint, args.backend, args.shape_mode, work_dir, image,
                       input_shape=(w, h) if static else None)
     deployed = backend_model(exported)
     H, W = image.shape[:2]
