@@ -15,6 +15,7 @@ from mmengine.config.utils import MODULE2PACKAGE
 from . import engine  # noqa: F401  (registers the atomic-checkpoint hook, CPU amp, ...)
 from .checkpoint import patch_mmengine_load_state_dict, register_safe_loader
 from .checkpoint import whole_model  # noqa: F401  (registers StrictCheckpointHook)
+from .deploy import mmdeploy_compat
 from .model_index import register_model_index
 from .models import CASViT, switch_model_to_deploy
 from .registry import REGISTERED_SCOPES, register_all
@@ -24,6 +25,7 @@ register_all(models=[CASViT])
 register_safe_loader()
 patch_mmengine_load_state_dict()  # a head of another shape stops every loader
 register_model_index()
+mmdeploy_compat.install()  # patches mmdeploy for torch 2.13 when (and if) it is imported
 
 # Let configs inherit ours as `casvit_mm::detection/...`, the way `mmdet::` works
 # (mmengine resolves such paths only for packages listed here; the configs ship

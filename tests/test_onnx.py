@@ -217,8 +217,9 @@ def test_semantic_fpn_label_map(tmp_path):
 
 
 def test_export_tool_semantic_fpn(tmp_path):
-    """The command-line tool end to end: it exports the deployed backbone and
-    segmentor and checks onnxruntime against the *eval-mode* PyTorch model."""
+    """The command-line tool end to end: it exports the deployed backbone and the
+    segmentor (through mmdeploy, dynamic H/W) and checks onnxruntime against the
+    *eval-mode* PyTorch model (the segmentor at three sizes)."""
     config = osp.join(REPO, 'configs/segmentation/fpn_casvit_xs.py')
     result = subprocess.run(
         [sys.executable, osp.join(REPO, 'tools/deployment/export_onnx.py'), config,
@@ -226,5 +227,5 @@ def test_export_tool_semantic_fpn(tmp_path):
         capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / 'fpn_casvit_xs_backbone.onnx').is_file()
-    assert (tmp_path / 'fpn_casvit_xs.onnx').is_file()
+    assert (tmp_path / 'fpn_casvit_xs_onnxruntime_dynamic' / 'end2end.onnx').is_file()
     assert result.stdout.count('OK') == 2, result.stdout

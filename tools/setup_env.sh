@@ -131,6 +131,22 @@ pip install -q -f "$wheel_dir" -e ".[${EXTRAS}]"
 # the start-up hook that lets any process read casvit_mm:: configs (docs/own_project.md)
 "$VENV/bin/python" -c "import sys; assert 'casvit_mm_config_hook' in sys.modules" \
   || die "casvit_mm_config_hook.pth was not installed into site-packages (setup.py's editable_wheel step)"
+
+# mmdeploy last: its wheel pins protobuf<=3.20.2, which would break onnx / onnxruntime, so
+# the wheel goes in without dependencies and its real ones come from requirements/mmdeploy.txt.
+say "installing mmdeploy (without its protobuf pin; see requirements/mmdeploy.txt)"
+protobuf_before=$("$VENV/bin/python" -c 'import google.protobuf as p; print(p.__version__)')
+pip install -q -r requirements/mmdeploy.txt
+pip install -q --no-deps -r requirements/mmdeploy-nodeps.txt
+"$VENV/bin/python" - "$protobuf_before" <<'EOF' || die "mmdeploy does not import next to onnx"
+import sys
+import google.protobuf, onnx, onnxruntime  # noqa: F401  (they import next to mmdeploy)
+import casvit_mm  # noqa: F401  (patches mmdeploy for torch >= 2.9 on import)
+from mmdeploy.apis import build_task_processor, torch2onnx  # noqa: F401
+assert google.protobuf.__version__ == sys.argv[1], (google.protobuf.__version__, sys.argv[1])
+print(f'[setup_env] ok: mmdeploy imports, protobuf {sys.argv[1]} kept')
+EOF
+
 check_ops || die "mmcv.ops does not work: the mmcv wheel in $wheel_dir was built without ops; delete it and re-run"
 rm -f "$VENV"/.casvit-setup-*
 touch "$stamp"

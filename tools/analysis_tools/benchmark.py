@@ -29,6 +29,10 @@ Variants (--variants), each from the same random weights:
                      float), calibrated on --int8-calib random inputs (timing only: the
                      accuracy cost is measured by quantize.py --eval on real data)
   int8-openvino      the same int8 file run by OpenVINO (pip install openvino)
+  mmdeploy           whole detectors only: the file mmdeploy writes (casvit_mm.deploy.dispatch:
+                     dynamic H/W, onnxruntime, the fused CAS-ViT) run by mmdeploy's backend
+                     model's test_step (data preprocessor in PyTorch, network + NMS in
+                     onnxruntime with --threads, rescaling): the same call as eval's
 Rows:
   backbones at each --inputs, with mmdet's ResNet-18 and ResNet-50 (the same
   output stages, eval). Whole models (--models) built from configs/ with random
@@ -71,7 +75,7 @@ from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap,
                                    run_onnxruntime, run_openvino)
 
 VARIANTS = ['eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy', 'nchw', 'compile',
-            'freezing', 'onnx', 'openvino', 'int8', 'int8-openvino']
+            'freezing', 'onnx', 'openvino', 'int8', 'int8-openvino', 'mmdeploy']
 
 MODEL_CONFIGS = {
     'retinanet': 'configs/detection/retinanet_casvit_{arch}.py',
@@ -193,7 +197,7 @@ def fused_copy(base, variant):
     return switch_model_to_deploy(model, compile=compile)
 
 
-def casvit_variants(name, base, variants, fn, batch, onnx=None):
+def casvit_variants(name, base, variants, fn, batch, onnx=None, mmdeploy=None):
     """The requested variants of one CAS-ViT model (a backbone or a whole model).
 
     ``fn(model)`` is what is timed; ``onnx(runtime)``, if given, returns the
@@ -202,6 +206,10 @@ def casvit_variants(name, base, variants, fn, batch, onnx=None):
     baseline = (name, 'eval')
     out = []
     for variant in variants:
+        if variant == 'mmdeploy':
+            if mmdeploy is not None:
+                out.append(Variant(name, variant, mmdeploy, batch, baseline))
+            continue
         if variant in ('onnx', 'openvino', 'int8', 'int8-openvino'):
             if onnx is not None:
                 out.append(Variant(name, variant, onnx(variant), batch, baseline))
@@ -240,6 +248,23 @@ def onnx_runner(module, example, path, threads, kind=None, int8_calib=2, output_
         session = onnxruntime_session(path, threads, spinning=False)
         return lambda: run_onnxruntime(session, example)
     return make
+
+
+def mmdeploy_runner(base, data, hw, work_dir, threads):
+    """``base`` exported through mmdeploy (dynamic H/W, onnxruntime) and its backend
+    model, returned as a callable running ``test_step(data)``."""
+    import numpy as np
+    from casvit_mm.deploy.dispatch import backend_model, export, onnxruntime_session
+    os.makedirs(work_dir, exist_ok=True)
+    checkpoint = osp.join(work_dir, 'weights.pth')
+    torch.save({'state_dict': base.state_dict()}, checkpoint)
+    image = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    exported = export(base.cfg, checkpoint, 'onnxruntime', 'dynamic', work_dir, image)
+    model = backend_model(exported)
+    wrapper = model.wrapper  # mmdeploy's session takes every core: give it --threads
+    wrapper.sess = onnxruntime_session(exported.onnx, threads, spinning=False)
+    wrapper.io_binding = wrapper.sess.io_binding()
+    return lambda: model.test_step(data)
 
 
 def resnet(depth):
@@ -397,9 +422,13 @@ def main():
                     onnx = onnx_runner(DetectorEnd2End(fused_copy(base, 'nchw')), image,
                                        onnx_path(name), args.threads, kind='retinanet',
                                        int8_calib=args.int8_calib, dynamo=False)
+                mmdeploy = None
+                if 'mmdeploy' in args.variants:
+                    mmdeploy = mmdeploy_runner(base, data, det_hw,
+                                               onnx_path(name)[:-5] + '_mmdeploy', args.threads)
                 variants = casvit_variants(
                     name, base, args.variants,
-                    lambda m: m.test_step(data), 1, onnx=onnx)
+                    lambda m: m.test_step(data), 1, onnx=onnx, mmdeploy=mmdeploy)
                 for v in variants:
                     v.compare = False  # detections: thresholds make a diff meaningless
                 run('1x3x' + 'x'.join(map(str, det_hw)), variants, args.model_repeats)

@@ -1,5 +1,17 @@
 """Export a deployed CAS-ViT model to ONNX: the backbone, and whole models end to end.
 
+Whole models go through mmdeploy (``casvit_mm.deploy.dispatch.export``: mmdeploy's
+``torch2onnx`` with the shipped deploy config of the task, backend and shape
+mode; any mmdet / mmseg / mmpretrain head), unless ``--wrappers`` asks for this
+repository's own graphs (RetinaNet, Mask R-CNN, Semantic FPN only; mmdet's exact
+post-processing, images as loaded, what tools/deployment/quantize.py quantizes):
+
+  python tools/deployment/export_onnx.py CONFIG --checkpoint CKPT \
+      [--backend onnxruntime|openvino] [--shape-mode dynamic|static] [--image IMG]
+  -> OUT_DIR/NAME_<backend>_<shape-mode>/end2end.onnx (+ end2end.xml for OpenVINO),
+     checked against the PyTorch model's test_step at the export image and at two
+     other sizes (a dynamic file; a static one takes every image resized to its size).
+
 Every file written is checked: onnxruntime runs it and its outputs are
 compared with the *eval-mode* PyTorch model (before any folding). The tool
 prints ``OK`` or ``FAIL`` per file and exits with 1 if any check fails.
@@ -59,7 +71,19 @@ def parse_args():
                         help='largest accepted max|diff| / max|reference|')
     parser.add_argument('--exporter', choices=['dynamo', 'torchscript'], default='dynamo',
                         help='torch.onnx.export(dynamo=True) (default, maintained) or the '
-                        'deprecated TorchScript exporter')
+                        'deprecated TorchScript exporter (backbone and --wrappers files)')
+    parser.add_argument('--wrappers', action='store_true',
+                        help='whole models through this repository\'s own graphs instead '
+                        'of mmdeploy (RetinaNet, Mask R-CNN, Semantic FPN; fixed H, W)')
+    parser.add_argument('--backend', choices=['onnxruntime', 'openvino'],
+                        default='onnxruntime', help='mmdeploy backend (default onnxruntime)')
+    parser.add_argument('--shape-mode', choices=['dynamic', 'static'], default='dynamic',
+                        help='mmdeploy: batch, H and W dynamic (default), or fixed to '
+                        '--shape (static)')
+    parser.add_argument('--image', help='mmdeploy: the export image (default: a seeded '
+                        'random --shape image)')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='mmdeploy check: detections compared from this score on')
     args = parser.parse_args()
     if bool(args.config) == bool(args.arch):
         parser.error('give either a config or --arch')
@@ -140,6 +164,61 @@ def check_detector(name, model, image, out_dir):
     return ok
 
 
+def check_mmdeploy(config, model, args):
+    """Whole model through mmdeploy, checked against the PyTorch model's test_step
+    at the export image's size and at two other aspect ratios."""
+    import numpy as np
+    from mmengine.fileio import get
+    import mmcv
+    from casvit_mm.deploy.dispatch import backend_model, export, pipeline_data
+    from casvit_mm.deploy.parity import (classification_agreement, detection_agreement,
+                                         segmentation_agreement)
+    h, w = args.shape
+    rng = np.random.default_rng(0)
+    image = (mmcv.imfrombytes(get(args.image)) if args.image
+             else rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    name = osp.splitext(osp.basename(config))[0]
+    work_dir = osp.join(args.out_dir, f'{name}_{args.backend}_{args.shape_mode}')
+    static = args.shape_mode == 'static'
+    checkpoint = args.checkpoint
+    if checkpoint is None:  # random weights: export the very model compared below
+        os.makedirs(work_dir, exist_ok=True)
+        checkpoint = osp.join(work_dir, 'random_weights.pth')
+        torch.save({'state_dict': model.state_dict()}, checkpoint)
+    exported = export(config, checkpoint, args.backend, args.shape_mode, work_dir, image,
+                      input_shape=(w, h) if static else None)
+    deployed = backend_model(exported)
+    H, W = image.shape[:2]
+    images = [image, mmcv.imresize(image, (W, H * 3 // 4)), mmcv.imresize(image, (W * 3 // 4, H))]
+    pairs = []
+    for img in images:
+        data = pipeline_data(exported, [img])
+        if exported.task == 'segmentation':
+            # compared at the network's size: the last resize to the original image
+            # differs by design (mmdeploy: label map, nearest; mmseg: logits, bilinear)
+            for sample in data['data_samples']:
+                sample.set_metainfo(dict(ori_shape=sample.img_shape))
+        with torch.no_grad():
+            pairs.append((model.test_step(data)[0], deployed.test_step(data)[0]))
+    ref, out = [p[0] for p in pairs], [p[1] for p in pairs]
+    sizes = ', '.join(f'{i.shape[0]}x{i.shape[1]}' for i in images)
+    if exported.task in ('detection', 'instance-seg'):
+        found, total, back, total_back = detection_agreement(ref, out, args.score_thr)
+        ok = found >= 0.98 * total and back >= 0.98 * total_back
+        what = (f'{found} of {total} PyTorch detections with score >= {args.score_thr} found, '
+                f'{back} of {total_back} back (same label, IoU >= 0.99, score within 1e-3; '
+                f'needed: 98 % both ways)')
+    elif exported.task == 'segmentation':
+        equal = segmentation_agreement(ref, out)
+        ok, what = equal >= 0.999, f'{equal:.4%} of pixels equal (needed: 99.9 %)'
+    else:
+        same, diff = classification_agreement(ref, out)
+        ok, what = same and diff < 1e-4, f'labels equal: {same}, max score diff {diff:.1e}'
+    print(f'{"OK  " if ok else "FAIL"} {", ".join(exported.files)}: {exported.task}, '
+          f'{args.shape_mode}, images {sizes}: {what}', flush=True)
+    return ok
+
+
 def main():
     args = parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
@@ -164,7 +243,9 @@ def main():
                switch_model_to_deploy(copy.deepcopy(backbone), channels_last=False),
                example, args.out_dir, args)
     image = torch.rand(args.batch, 3, *args.shape) * 255  # as loaded: 0-255
-    if model is not None and hasattr(model, 'decode_head'):
+    if model is not None and not args.wrappers:
+        ok = check_mmdeploy(args.config, model, args) and ok
+    elif model is not None and hasattr(model, 'decode_head'):
         ok = check_segmentor(name, model, image, args.out_dir, args) and ok
     elif model is not None and (hasattr(model, 'bbox_head') or hasattr(model, 'roi_head')):
         ok = check_detector(name, model, image.round(), args.out_dir) and ok

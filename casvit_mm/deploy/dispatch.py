@@ -1,0 +1,222 @@
+"""The one export dispatch: any OpenMMLab model with a CAS-ViT backbone -> a backend file,
+through mmdeploy.
+
+mmdeploy's division of labour: the model code stays plain PyTorch; every head's
+export-time behaviour lives in mmdeploy's rewriters, selected by a deploy config.
+This module only picks the deploy config (``configs/mmdeploy/<task>/``) for a model
+config, backend and shape mode, and calls mmdeploy's own API:
+
+    from casvit_mm.deploy.dispatch import export, backend_model
+    exported = export('configs/detection/retinanet_casvit_m.py', 'model.pth',
+                      backend='onnxruntime', shape='dynamic', work_dir='work_dirs/onnx')
+    model = backend_model(exported)         # mmdeploy's End2EndModel: test_step(data)
+
+``export`` is ``mmdeploy.apis.torch2onnx`` (plus ``mmdeploy.apis.utils.to_backend``
+for OpenVINO's IR); ``casvit_mm`` patches mmdeploy for torch >= 2.9 and turns the
+CAS-ViT into its fused deploy form at export
+(:mod:`casvit_mm.deploy.mmdeploy_compat`).
+
+The table ``TASKS`` (codebase -> deploy-config folder) and :func:`task_of` are the
+whole dispatch; other exporters (mobile runtimes, other quantizers) call
+:func:`task_of` / :func:`deploy_config` to agree on what a model is.
+"""
+import os.path as osp
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = ['BACKENDS', 'SHAPES', 'Exported', 'backend_model', 'deploy_config',
+           'deploy_config_dir', 'export', 'onnxruntime_session', 'pipeline_data', 'task_of']
+
+BACKENDS = ('onnxruntime', 'openvino')
+SHAPES = ('static', 'dynamic')
+# the deploy-config folder of each task (mmdeploy's own layout: configs/mmdet/detection, ...)
+TASKS = ('detection', 'instance-seg', 'segmentation', 'classification')
+
+
+def deploy_config_dir() -> str:
+    """``configs/mmdeploy`` of this repository (or of the installed package)."""
+    here = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    for root in (osp.join(here, '..', 'configs'), osp.join(here, '.mim', 'configs')):
+        path = osp.normpath(osp.join(root, 'mmdeploy'))
+        if osp.isdir(path):
+            return path
+    raise FileNotFoundError('configs/mmdeploy not found next to casvit_mm: reinstall casvit-mm')
+
+
+def _load(cfg):
+    from mmengine.config import Config
+    return Config.fromfile(cfg) if isinstance(cfg, str) else cfg
+
+
+def _has_key(node, key):
+    if isinstance(node, dict):
+        return key in node or any(_has_key(v, key) for v in node.values())
+    if isinstance(node, (list, tuple)):
+        return any(_has_key(v, key) for v in node)
+    return False
+
+
+def task_of(model_cfg) -> str:
+    """'detection', 'instance-seg', 'segmentation' or 'classification': what a model
+    config is, from its codebase (``default_scope``) and, for mmdet, whether any
+    head predicts masks (a ``mask_head``, or an RTMDet-Ins / SOLO-style head)."""
+    cfg = _load(model_cfg)
+    scope = cfg.get('default_scope')
+    if scope == 'mmseg':
+        return 'segmentation'
+    if scope in ('mmpretrain', 'mmcls'):
+        return 'classification'
+    if scope == 'mmdet':
+        model = cfg.model.to_dict() if hasattr(cfg.model, 'to_dict') else dict(cfg.model)
+        head = str(model.get('bbox_head', {}).get('type', '')) if isinstance(
+            model.get('bbox_head'), dict) else ''
+        return 'instance-seg' if _has_key(model, 'mask_head') or 'Ins' in head else 'detection'
+    raise ValueError(f'default_scope={scope!r}: mmdeploy exports mmdet, mmseg and mmpretrain '
+                     f'models; set default_scope in the config to one of them')
+
+
+def deploy_config(model_cfg, backend: str = 'onnxruntime', shape: str = 'dynamic') -> str:
+    """The shipped deploy config for ``model_cfg``: ``configs/mmdeploy/<task>/
+    <task>_<backend>_<shape>.py``."""
+    if backend not in BACKENDS:
+        raise ValueError(f'backend {backend!r}: one of {BACKENDS}')
+    if shape not in SHAPES:
+        raise ValueError(f'shape {shape!r}: one of {SHAPES}')
+    task = task_of(model_cfg)
+    return osp.join(deploy_config_dir(), task, f'{task}_{backend}_{shape}.py')
+
+
+@dataclass
+class Exported:
+    """What :func:`export` wrote: ``files`` for the backend (the ``.onnx``; for
+    OpenVINO the ``.xml`` IR, its ``.bin`` beside it), the ONNX file, and the two
+    configs (mmengine ``Config`` objects) that :func:`backend_model` needs."""
+    files: List[str]
+    onnx: str
+    deploy_cfg: object
+    model_cfg: object
+    task: str
+    backend: str
+    shape: str
+    input_hw: Optional[Tuple[int, int]] = field(default=None)
+
+
+def _example_image(hw=(480, 640), seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (*hw, 3), dtype=np.uint8)
+
+
+def export(model_cfg, checkpoint: Optional[str] = None, backend: str = 'onnxruntime',
+           shape: str = 'dynamic', work_dir: str = 'work_dirs/mmdeploy',
+           image: Union[str, np.ndarray, None] = None,
+           input_shape: Optional[Sequence[int]] = None, deploy_cfg=None,
+           cfg_options: Optional[dict] = None, device: str = 'cpu',
+           save_file: str = 'end2end.onnx') -> Exported:
+    """Export a model config (+ checkpoint) with mmdeploy.
+
+    Args:
+        model_cfg (str | Config): the model's config (a file path or a Config).
+        checkpoint (str, optional): its weights (None: the config's init).
+        backend (str): 'onnxruntime' or 'openvino' (the ONNX file, converted to
+            OpenVINO IR by ``openvino.convert_model``).
+        shape (str): 'dynamic' (batch, height and width free: the file takes any
+            image size) or 'static' (the size of the export image after the
+            test pipeline, or ``input_shape``).
+        work_dir (str): where the files go.
+        image (str | ndarray, optional): the export image (BGR, as
+            ``mmcv.imread`` gives it); default a seeded random 480x640 image.
+            For ``static`` its size after the test pipeline is the file's size.
+        input_shape (W, H, optional): for ``static``: resize to this size
+            instead (mmdeploy's ``onnx_config.input_shape``, width first).
+        deploy_cfg (str | Config, optional): another deploy config; default the
+            shipped one for the task, backend and shape.
+        cfg_options (dict, optional): merged into the deploy config.
+    """
+    import mmengine
+    from mmengine.config import Config
+
+    import casvit_mm  # noqa: F401  (registers CASViT, patches mmdeploy)
+    from mmdeploy.apis import torch2onnx
+    from mmdeploy.apis.utils import to_backend
+    from mmdeploy.utils import get_input_shape
+
+    model_cfg = _load(model_cfg)
+    deploy_cfg = _load(deploy_cfg or deploy_config(model_cfg, backend, shape))
+    deploy_cfg = Config(deploy_cfg.to_dict() if hasattr(deploy_cfg, 'to_dict') else deploy_cfg)
+    if input_shape is not None:
+        if shape != 'static':
+            raise ValueError('input_shape fixes the size: use it with shape="static"')
+        deploy_cfg.merge_from_dict({'onnx_config.input_shape': list(input_shape)})
+    if cfg_options:
+        deploy_cfg.merge_from_dict(cfg_options)
+    mmengine.mkdir_or_exist(work_dir)
+    image = _example_image() if image is None else image
+    torch2onnx(image, work_dir, save_file, deploy_cfg, model_cfg, checkpoint, device)
+    onnx_file = osp.join(work_dir, save_file)
+    files = [onnx_file]
+    if backend == 'openvino':
+        files = to_backend('openvino', [onnx_file], work_dir=work_dir, deploy_cfg=deploy_cfg,
+                           device=device)
+    hw = get_input_shape(deploy_cfg)
+    return Exported(files=list(files), onnx=onnx_file, deploy_cfg=deploy_cfg,
+                    model_cfg=model_cfg, task=task_of(model_cfg), backend=backend,
+                    shape=shape, input_hw=tuple(hw[::-1]) if hw else None)
+
+
+def backend_model(exported: Exported, device: str = 'cpu', clip_boxes: bool = True):
+    """mmdeploy's backend model for an export (``End2EndModel``: the config's data
+    preprocessor in PyTorch, the file in its runtime, mmdeploy's post-processing);
+    ``test_step(data)`` gives the data samples mmdet / mmseg / mmpretrain's own
+    ``test_step`` gives, rescaled to the original image.
+
+    ``clip_boxes``: clip detections to the original image, as mmdet does
+    (mmdeploy clips to the padded network input; see
+    :func:`casvit_mm.deploy.parity.clip_boxes_to_image`).
+    """
+    from mmdeploy.apis import build_task_processor
+    processor = build_task_processor(exported.model_cfg, exported.deploy_cfg, device)
+    model = processor.build_backend_model(
+        exported.files, data_preprocessor_updater=processor.update_data_preprocessor)
+    if clip_boxes and exported.task in ('detection', 'instance-seg'):
+        from .parity import clip_boxes_to_image
+        forward = model.forward
+        model.forward = lambda *args, **kwargs: clip_boxes_to_image(forward(*args, **kwargs))
+    return model
+
+
+def pipeline_data(exported: Exported, images, input_shape=None):
+    """Images (paths or BGR arrays) through the model's test pipeline, batched as
+    ``test_step`` takes them (mmdeploy's ``create_input``). A static file needs
+    ``input_shape`` (W, H): every image is resized to it."""
+    from mmdeploy.apis import build_task_processor
+    processor = build_task_processor(exported.model_cfg, exported.deploy_cfg, 'cpu')
+    if input_shape is None and exported.shape == 'static' and exported.input_hw:
+        input_shape = exported.input_hw[::-1]
+    return processor.create_input(images, input_shape)[0]
+
+
+def onnxruntime_session(path: str, threads: Optional[int] = None, spinning: bool = True):
+    """An onnxruntime CPU session for a file mmdeploy wrote, with mmdeploy's
+    custom-ops library (``libmmdeploy_onnxruntime_ops.so``, shipped in its wheel)
+    registered where it exists; see ``casvit_mm.onnx_export.onnxruntime_session``
+    for ``threads`` and ``spinning``."""
+    import ctypes
+
+    import onnxruntime as ort
+    from mmdeploy.backend.onnxruntime.init_plugins import get_lib_path, get_ops_path
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    ops = get_ops_path()
+    if ops and osp.exists(ops):
+        lib = get_lib_path()
+        if lib and osp.exists(lib):
+            ctypes.CDLL(lib)
+        options.register_custom_ops_library(ops)
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+

@@ -1,0 +1,206 @@
+"""mmdeploy 1.3.1 on torch >= 2.9: the compatibility patches, and the CAS-ViT export hook.
+
+mmdeploy's last release (1.3.1) predates torch 2.9. Two things it calls changed:
+
+1. ``torch.onnx.export`` defaults to the dynamo (``torch.export``) exporter since
+   torch 2.9. mmdeploy's rewriters and symbolics work only in the TorchScript
+   exporter; without ``dynamo=False`` ``mmdeploy.apis.torch2onnx`` fails inside
+   ``torch.export`` (``torch._dynamo.exc.Unsupported`` / "Failed to export the
+   model with torch.export" on mmdeploy's patched ``forward``). The patch gives
+   calls *made from mmdeploy's modules* the old default; every other caller of
+   ``torch.onnx.export`` keeps torch's.
+2. ``torch.onnx.symbolic_opset9._cast_Long`` was removed; mmdeploy's RoIAlign
+   symbolic imports it (``ImportError: cannot import name '_cast_Long' from
+   'torch.onnx.symbolic_opset9'``), so every two-stage detector failed to export.
+   The patch puts back what it was: a ``Cast`` to int64.
+3. mmdeploy's OpenVINO backend is written for OpenVINO 2022: its wrapper imports
+   ``openvino.inference_engine`` (``ModuleNotFoundError: No module named
+   'openvino.inference_engine'``, removed in OpenVINO 2023.1) and its converter
+   runs the Model Optimizer ``mo`` (``RuntimeError: OpenVINO Model Optimizer is
+   not found or configured improperly``; removed in 2025.0). The patch replaces
+   both with today's API: ``openvino.convert_model`` + ``save_model`` (the file's
+   own shapes, static or dynamic as exported, instead of mo's fixed
+   ``--input_shape``) and an ``openvino.Core`` wrapper (float32 inference).
+
+4. Not a torch change but an mmseg one mmdeploy does not rewrite: mmseg's ``Upsample``
+   (the scale heads of Semantic FPN's ``FPNHead``) computes its output size as
+   ``int(t * scale_factor)`` from the input's shape, which tracing freezes to the
+   export image's size (``TracerWarning: Converting a tensor to a Python integer
+   might cause the trace to be incorrect``). A file exported with dynamic H/W then
+   upsamples with the export size's sizes: 94-99.5 % of the label-map pixels
+   equal at other sizes on the tests' models. A rewriter (active only while
+   mmdeploy exports) passes the scale factor instead: the same sizes, traced.
+
+And one hook, not a fix: mmdeploy's ``BaseTask.build_pytorch_model`` already calls
+``model.backbone.switch_to_deploy()`` (it does so for RepVGG / MobileOne); the hook
+then runs :func:`casvit_mm.switch_model_to_deploy` on models with a CAS-ViT, so the
+exported graph also has the backbone's output norms folded into an FPN where that
+is exact, and NCHW weights (the channels-last fused oneDNN kernels never run while
+tracing; NCHW keeps the traced graph free of layout conversions).
+
+When it applies: ``import casvit_mm`` (what the docs and ``custom_imports`` do)
+calls :func:`install`, which patches at once if mmdeploy is imported already and
+otherwise waits, at no cost, for mmdeploy's first import (an import hook). So
+``import casvit_mm`` never imports mmdeploy or onnx, and patches only what a
+process that uses mmdeploy needs. Nothing in site-packages is edited.
+"""
+import importlib.abc
+import importlib.util
+import sys
+
+__all__ = ['apply', 'install', 'applied']
+
+_state = {'applied': False}
+
+
+def applied() -> bool:
+    """Whether :func:`apply` has run in this process."""
+    return _state['applied']
+
+
+def _patch_onnx_export_default():
+    import torch.onnx
+    original = torch.onnx.export
+    if getattr(original, '_casvit_mmdeploy_patch', False):
+        return
+
+    def export(*args, **kwargs):
+        caller = sys._getframe(1).f_globals.get('__name__', '')
+        if caller.split('.')[0] == 'mmdeploy':
+            kwargs.setdefault('dynamo', False)
+        return original(*args, **kwargs)
+
+    export.__doc__ = original.__doc__
+    export.__wrapped__ = original
+    export._casvit_mmdeploy_patch = True
+    torch.onnx.export = export
+
+
+def _patch_cast_long():
+    from torch.onnx import symbolic_opset9
+    if hasattr(symbolic_opset9, '_cast_Long'):
+        return
+
+    def _cast_Long(g, input, non_blocking):  # noqa: N802 (torch's name)
+        return g.op('Cast', input, to_i=7)  # 7: TensorProto.INT64
+
+    symbolic_opset9._cast_Long = _cast_Long
+
+
+def _patch_openvino_backend():
+    from mmdeploy.backend.openvino import onnx2openvino, wrapper
+    if getattr(wrapper.OpenVINOWrapper, '_casvit_mmdeploy_patch', False):
+        return
+    import torch
+    from mmdeploy.backend.base import BaseWrapper
+
+    def from_onnx(onnx_model, output_file_prefix, input_info=None, output_names=None,
+                  mo_options=None):
+        """mmdeploy's ``from_onnx`` through ``openvino.convert_model``: the IR next
+        to ``output_file_prefix`` (a directory), named as mmdeploy names it."""
+        import openvino as ov
+        xml = onnx2openvino.get_output_model_file(onnx_model, output_file_prefix)
+        ov.save_model(ov.convert_model(onnx_model), xml)
+        return xml
+
+    class OpenVINOWrapper(BaseWrapper):
+        """mmdeploy's OpenVINO wrapper on ``openvino.Core`` (CPU, float32:
+        OpenVINO would pick bf16 by itself on CPUs that have it)."""
+        _casvit_mmdeploy_patch = True
+
+        def __init__(self, ir_model_file, output_names=None, threads=None, **kwargs):
+            import openvino as ov
+            config = {'INFERENCE_PRECISION_HINT': 'f32'}
+            if threads:
+                config['INFERENCE_NUM_THREADS'] = threads
+            core = ov.Core()
+            self.model = core.compile_model(core.read_model(ir_model_file), 'CPU', config)
+            names = [next(iter(o.get_names())) for o in self.model.outputs]
+            super().__init__(output_names or names)
+            self._names = names
+
+        def forward(self, inputs):
+            results = self.model({k: v.detach().cpu().contiguous().numpy()
+                                  for k, v in inputs.items()})
+            return {name: torch.from_numpy(results[out].copy())
+                    for name, out in zip(self._names, self.model.outputs)}
+
+    onnx2openvino.from_onnx = from_onnx
+    wrapper.OpenVINOWrapper = OpenVINOWrapper
+
+
+def _rewrite_mmseg_upsample():
+    from mmdeploy.core import FUNCTION_REWRITER
+
+    @FUNCTION_REWRITER.register_rewriter('mmseg.models.utils.wrappers.Upsample.forward')
+    def upsample__forward(self, x):
+        if self.size:
+            return FUNCTION_REWRITER.get_context().origin_func(self, x)
+        import torch.nn.functional as F
+        return F.interpolate(x, None, self.scale_factor, self.mode, self.align_corners)
+
+
+def _deploy_hook():
+    """After mmdeploy builds the PyTorch model: the whole-model CAS-ViT deploy switch."""
+    from mmdeploy.codebase.base.task import BaseTask
+    original = BaseTask.build_pytorch_model
+    if getattr(original, '_casvit_mmdeploy_patch', False):
+        return
+
+    def build_pytorch_model(self, *args, **kwargs):
+        model = original(self, *args, **kwargs)
+        from ..models import CASViT, switch_model_to_deploy
+        if any(isinstance(m, CASViT) for m in model.modules()):
+            switch_model_to_deploy(model, channels_last=False)
+        return model
+
+    build_pytorch_model.__doc__ = original.__doc__
+    build_pytorch_model._casvit_mmdeploy_patch = True
+    BaseTask.build_pytorch_model = build_pytorch_model
+
+
+def apply():
+    """Apply the patches and the hook now (imports mmdeploy); idempotent."""
+    if _state['applied']:
+        return
+    _patch_onnx_export_default()
+    _patch_cast_long()
+    _patch_openvino_backend()
+    _rewrite_mmseg_upsample()
+    _deploy_hook()
+    _state['applied'] = True
+
+
+class _LoaderThenApply(importlib.abc.Loader):
+    """mmdeploy's own loader, followed by :func:`apply`."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        apply()
+
+
+class _OnMmdeployImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: wraps the loader of the package ``mmdeploy``."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != 'mmdeploy':
+            return None
+        sys.meta_path.remove(self)  # one shot; the other finders find the real spec
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _LoaderThenApply(spec.loader)
+        return spec
+
+
+def install():
+    """Patch when mmdeploy is (or gets) imported; called by ``import casvit_mm``."""
+    if 'mmdeploy' in sys.modules:
+        apply()
+    elif not any(isinstance(f, _OnMmdeployImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _OnMmdeployImport())

@@ -1,0 +1,1 @@
+_base_ = ['../_base_/detection_static.py', '../_base_/onnxruntime.py']

@@ -1,0 +1,1 @@
+_base_ = ['../_base_/segmentation_dynamic.py', '../_base_/onnxruntime.py']

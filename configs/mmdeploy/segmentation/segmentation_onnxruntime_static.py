@@ -1,0 +1,1 @@
+_base_ = ['../_base_/segmentation_static.py', '../_base_/onnxruntime.py']
