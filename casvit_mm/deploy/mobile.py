@@ -39,7 +39,7 @@ import copy
 import os
 import os.path as osp
 from collections import Counter
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -157,7 +157,8 @@ def mobile_network(model: nn.Module, kind: str) -> MobileNetwork:
 
     ``switch_model_to_deploy`` on a copy (BatchNorms folded, the backbone's
     output norms folded into an FPN where exact, NCHW weights), then every
-    CAS-ViT switched to ``form='export'``.
+    CAS-ViT switched to ``form='export'`` and every ``nn.GroupNorm`` replaced
+    by :class:`ExportGroupNorm`.
     """
     from casvit_mm import CASViT
     from casvit_mm.models.fusion import switch_model_to_deploy
