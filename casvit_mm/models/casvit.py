@@ -10,6 +10,7 @@ from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
@@ -17,7 +18,7 @@ from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint.backbone import convert_on_load, load_backbone_checkpoint
-from .fusion import (conv_act, conv_binary, conv_out, conv_plain, fold_bn_into_conv,
+from .fusion import (bn_affine, conv_act, conv_binary, conv_out, conv_plain, fold_bn_into_conv,
                      fold_bn_into_next_1x1, set_conv, use_fused_kernels)
 
 
@@ -202,6 +203,8 @@ class ConvAdditiveTokenMixer(nn.Module):
 
     def forward_deploy(self, x, shortcut, fused):
         """``shortcut + CATM(norm(x))`` (no shortcut if None) in deploy mode."""
+        if self.export_form:
+            return self.forward_export(x, shortcut)
         qk, v = conv_plain(self.qk, x, fused), conv_plain(self.v, x, fused)
         B, C2, H, W = qk.shape
         spatial = conv_act(self.spatial_dw, qk, 'relu', fused)
@@ -238,6 +241,57 @@ class ConvAdditiveTokenMixer(nn.Module):
                                      like)
         del self.qkv, self.oper_q, self.oper_k
         self.deploy = True
+
+    # The export-friendly form: the fused form's weights, split per branch.
+    export_form = False
+
+    def forward_export(self, x, shortcut=None):
+        """The fused mixer as plain 4-D ops that mobile compilers take whole.
+
+        ``torch.export`` of :meth:`forward_deploy` gives 5-D views, ``unbind``
+        (squeeze copies), an ``addcmul`` and 2-D means, which ExecuTorch's
+        XNNPACK delegate leaves to portable kernels and Core ML refuses
+        (``Unsupported fx node addcmul``; the traced ``C2 // 2`` becomes an
+        ``int`` op). Here q and k each have their own 1x1 projection,
+        depthwise conv, gate conv and channel gate (a 1x1 conv over a
+        ``mean(keepdim=True)``), and no shape is computed in Python. Same
+        weights, same function, other float rounding (about 1e-6).
+        """
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        q = q * torch.sigmoid(self.spatial_gate_q(F.relu(self.spatial_dw_q(q))))
+        k = k * torch.sigmoid(self.spatial_gate_k(F.relu(self.spatial_dw_k(k))))
+        q = q * torch.sigmoid(self.channel_gate_q(q.mean((2, 3), keepdim=True)))
+        k = k * torch.sigmoid(self.channel_gate_k(k.mean((2, 3), keepdim=True)))
+        out = self.proj(self.dwc(q + k) * v)
+        return out if shortcut is None else out + shortcut
+
+    @torch.no_grad()
+    def switch_to_export(self, norm=None):
+        """Fuse (if not yet) and split the fused q/k modules per branch: the
+        export-friendly form (:meth:`forward_export`). Weights are copied,
+        not recomputed, so it holds exactly the fused model's numbers."""
+        if self.export_form:
+            return
+        self.switch_to_deploy(norm)
+        dim = self.dwc.in_channels
+
+        def conv(in_ch, out_ch, weight, bias=None, kernel=1, groups=1):
+            module = nn.Conv2d(in_ch, out_ch, kernel, 1, kernel // 2, groups=groups,
+                               bias=bias is not None)
+            return set_conv(module, weight.contiguous(), bias, like=weight)
+
+        qk_w, qk_b = self.qk.weight, self.qk.bias
+        dw_w, dw_b = self.spatial_dw.weight, self.spatial_dw.bias
+        gate, channel = self.spatial_gate.weight.flatten(1), self.channel_gate.weight
+        for i, name in enumerate('qk'):
+            part = slice(i * dim, (i + 1) * dim)
+            setattr(self, name, conv(dim, dim, qk_w[part], qk_b[part]))
+            setattr(self, f'spatial_dw_{name}',
+                    conv(dim, dim, dw_w[part], dw_b[part], kernel=3, groups=dim))
+            setattr(self, f'spatial_gate_{name}', conv(dim, 1, gate[i:i + 1, part]))
+            setattr(self, f'channel_gate_{name}', conv(dim, dim, channel[part, part]))
+        del self.qk, self.spatial_dw, self.spatial_gate, self.channel_gate
+        self.export_form = True
 
 
 class ConvMlp(nn.Module):
@@ -301,9 +355,11 @@ class AdditiveBlock(nn.Module):
         self.drop_path = (DropPath(drop_path_rate) if drop_path_rate > 0 and not deploy
                           else nn.Identity())
 
+    export_form = False  # see switch_to_export
+
     def forward(self, x):
         if self.deploy:
-            fused = use_fused_kernels(x)
+            fused = not self.export_form and use_fused_kernels(x)
             x = self.local_perception.forward_deploy(x, x, fused)
             x = self.attn.forward_deploy(x, x, fused)
             return self.mlp.forward_deploy(x, x, fused)
@@ -323,6 +379,14 @@ class AdditiveBlock(nn.Module):
         del self.norm1, self.norm2
         self.drop_path = nn.Identity()
         self.deploy = True
+
+    @torch.no_grad()
+    def switch_to_export(self):
+        """The export-friendly form: fused, then the mixer split per branch
+        (:meth:`ConvAdditiveTokenMixer.forward_export`), plain ops only."""
+        self.switch_to_deploy()
+        self.attn.switch_to_export()
+        self.export_form = True
 
 
 class CASViT(BaseModule):
@@ -546,7 +610,7 @@ class CASViT(BaseModule):
 
     def forward(self, x):
         self._check_input(x)
-        if self.deploy and self.patch_embed[0].weight.is_contiguous(
+        if self.deploy_form == 'fused' and self.patch_embed[0].weight.is_contiguous(
                 memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)  # fused kernels from the stem on
         x = self.patch_embed(x)
@@ -561,7 +625,11 @@ class CASViT(BaseModule):
                 x = stage(x)
             if i in self.out_indices:
                 out = getattr(self, f'norm{i}')(x)
-                outs.append(out.mean((2, 3)) if self.global_pool else out)
+                if self.global_pool:  # 4-D mean in the export form (XNNPACK, Core ML)
+                    # (reshape to (-1, C): no symbolic shape, which XNNPACK refuses)
+                    out = (out.mean((2, 3), keepdim=True).reshape(-1, self.widths[i])
+                           if self.deploy_form == 'export' else out.mean((2, 3)))
+                outs.append(out)
         return tuple(outs)
 
     # ------------------------------------------------------------- training
@@ -626,8 +694,23 @@ class CASViT(BaseModule):
         """Alias of ``deploy``: whether this backbone runs the fused structure."""
         return self.deploy
 
-    def switch_to_deploy(self):
+    @property
+    def deploy_form(self) -> Optional[str]:
+        """None (training layout), ``'fused'`` or ``'export'``."""
+        if not self.deploy:
+            return None
+        return 'export' if getattr(self, '_export_form', False) else 'fused'
+
+    def switch_to_deploy(self, form: str = 'fused'):
         """Fuse for inference, in place: the whole fast path.
+
+        ``form='export'``: the same fused model in the export-friendly form
+        instead (each block's :meth:`AdditiveBlock.switch_to_export`): plain
+        4-D ATen ops in NCHW that ExecuTorch's XNNPACK delegate, Core ML and
+        LiteRT take whole (no fused oneDNN kernels, no 5-D views, ``unbind``
+        or ``addcmul``). Slower in eager PyTorch (10-15 %): for
+        ``torch.export`` only. A fused backbone (``deploy=True``) switches
+        to it too; there is no way back.
 
         Every module with a ``switch_to_deploy()`` fuses itself (BatchNorms
         folded, q/k fused), then the weights are stored channels-last so that
@@ -637,12 +720,36 @@ class CASViT(BaseModule):
         output norms ``norm{i}`` stay; ``casvit_mm.models.fusion.
         switch_model_to_deploy`` also folds them into an FPN. Safe to repeat.
         """
-        if self.deploy:
+        if form not in ('fused', 'export'):
+            raise ValueError(f"form must be 'fused' or 'export', got {form!r}")
+        if self.deploy_form == form:
             return
-        self.eval()
-        _switch_children_to_deploy(self)
-        self.deploy = True
-        self._finish_deploy()
+        if self.deploy_form == 'export':
+            raise ValueError('This CASViT is in the export form already; build it again '
+                             'with deploy=True (or switch a training model) for the fused '
+                             'form.')
+        if not self.deploy:
+            self.eval()
+            _switch_children_to_deploy(self)
+            self.deploy = True
+            self._finish_deploy()
+        if form == 'export':
+            for stage in self.stages:
+                for block in stage:
+                    block.switch_to_export()
+            # a BatchNorm on its own (the output norms an FPN did not absorb) is no
+            # XNNPACK op: the same affine map as a depthwise 1x1 convolution
+            for i in self.out_indices:
+                norm = getattr(self, f'norm{i}')
+                if isinstance(norm, _BatchNorm):
+                    scale, shift = bn_affine(norm)
+                    conv = nn.Conv2d(norm.num_features, norm.num_features, 1,
+                                     groups=norm.num_features)
+                    setattr(self, f'norm{i}',
+                            set_conv(conv, scale, shift, like=norm.running_mean).eval())
+            self.to(memory_format=torch.contiguous_format)  # NCHW: no layout copies
+            self.requires_grad_(False)
+            self._export_form = True
 
     def _finish_deploy(self):
         # channels-last weights make oneDNN pick NHWC and let use_fused_kernels fuse
@@ -657,7 +764,8 @@ class CASViT(BaseModule):
         keys = [k[len(prefix):] for k in state_dict if k.startswith(prefix)]
         # the training layout, this repository's or the official one (both have norm1)
         unfused = any('.norm1.' in k for k in keys)
-        fused = any(k.startswith('stages.') and '.attn.qk.' in k for k in keys)
+        fused = any(k.startswith('stages.') and ('.attn.qk.' in k or '.attn.q.' in k)
+                    for k in keys)
         if self.deploy and unfused:
             raise RuntimeError(
                 'This CASViT has deploy=True (fused) but the checkpoint holds the '

@@ -33,6 +33,13 @@ Variants (--variants), each from the same random weights:
                      dynamic H/W, onnxruntime, the fused CAS-ViT) run by mmdeploy's backend
                      model's test_step (data preprocessor in PyTorch, network + NMS in
                      onnxruntime with --threads, rescaling): the same call as eval's
+  executorch         the deployed backbone in its export-friendly form, lowered to
+                     ExecuTorch's XNNPACK delegate (casvit_mm.deploy.mobile, the .pte
+                     tools/deployment/export_mobile.py writes), run in ExecuTorch's
+                     Python runtime; the ResNets lowered the same way in the same run
+  executorch-int8    the same, PT2E int8 (XNNPACKQuantizer, symmetric, per-channel),
+                     calibrated on --int8-calib random batches (timing only); backbone
+                     rows only
 Rows:
   backbones at each --inputs, with mmdet's ResNet-18 and ResNet-50 (the same
   output stages, eval). Whole models (--models) built from configs/ with random
@@ -75,7 +82,9 @@ from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap,
                                    run_onnxruntime, run_openvino)
 
 VARIANTS = ['eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy', 'nchw', 'compile',
-            'freezing', 'onnx', 'openvino', 'int8', 'int8-openvino', 'mmdeploy']
+            'freezing', 'onnx', 'openvino', 'int8', 'int8-openvino', 'mmdeploy', 'executorch',
+            'executorch-int8']
+EXECUTORCH = ('executorch', 'executorch-int8')  # mobile runtimes: backbone rows only
 
 MODEL_CONFIGS = {
     'retinanet': 'configs/detection/retinanet_casvit_{arch}.py',
@@ -197,11 +206,13 @@ def fused_copy(base, variant):
     return switch_model_to_deploy(model, compile=compile)
 
 
-def casvit_variants(name, base, variants, fn, batch, onnx=None, mmdeploy=None):
+def casvit_variants(name, base, variants, fn, batch, onnx=None, mmdeploy=None,
+                    executorch=None):
     """The requested variants of one CAS-ViT model (a backbone or a whole model).
 
     ``fn(model)`` is what is timed; ``onnx(runtime)``, if given, returns the
-    callable running the exported network in onnxruntime or OpenVINO.
+    callable running the exported network in onnxruntime or OpenVINO;
+    ``executorch(variant)`` the one running the ExecuTorch .pte.
     """
     baseline = (name, 'eval')
     out = []
@@ -209,6 +220,10 @@ def casvit_variants(name, base, variants, fn, batch, onnx=None, mmdeploy=None):
         if variant == 'mmdeploy':
             if mmdeploy is not None:
                 out.append(Variant(name, variant, mmdeploy, batch, baseline))
+            continue
+        if variant in EXECUTORCH:
+            if executorch is not None:
+                out.append(Variant(name, variant, executorch(variant), batch, baseline))
             continue
         if variant in ('onnx', 'openvino', 'int8', 'int8-openvino'):
             if onnx is not None:
@@ -267,6 +282,26 @@ def mmdeploy_runner(base, data, hw, work_dir, threads):
     return lambda: model.test_step(data)
 
 
+def executorch_runner(network, example, path, threads, int8_calib=2):
+    """``make(variant)``: lower ``network`` (a ``casvit_mm.deploy.mobile.
+    MobileNetwork``) to an ExecuTorch .pte for XNNPACK, fp32 or int8, batch
+    dynamic up to ``example``'s, and return a callable running it."""
+    def make(variant):
+        from casvit_mm.deploy.mobile import ExecuTorchModel, to_executorch
+        from casvit_mm.quantization import random_calibration
+        int8 = variant == 'executorch-int8'
+        calibration = ([torch.from_numpy(b['images'])
+                        for b in random_calibration(example, int8_calib)] if int8 else None)
+        info = to_executorch(network, example, f'{path}_{variant}.pte', quantize=int8,
+                             calibration=calibration, max_batch=max(2, example.shape[0]))
+        if info['non_delegated']:
+            print(f'note: {variant} leaves ops to ExecuTorch\'s portable kernels: '
+                  f'{info["non_delegated_ops"]}')
+        model = ExecuTorchModel(info['path'], threads)
+        return lambda: model(example)
+    return make
+
+
 def resnet(depth):
     from mmdet.models.backbones import ResNet
     model = ResNet(depth, out_indices=(0, 1, 2, 3))
@@ -313,7 +348,7 @@ def profile(variants, top):
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
     for v in variants:
-        if v.variant in ('onnx', 'openvino', 'int8', 'int8-openvino'):
+        if v.variant in ('onnx', 'openvino', 'int8', 'int8-openvino') + EXECUTORCH:
             continue
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             v()
@@ -364,6 +399,12 @@ def main():
             meta['openvino'] = openvino.__version__
         except ImportError:
             raise SystemExit('--variants openvino needs OpenVINO: pip install openvino')
+    if set(EXECUTORCH) & set(args.variants):
+        try:
+            from executorch.version import __version__ as executorch_version
+            meta['executorch'] = executorch_version
+        except ImportError:
+            raise SystemExit('--variants executorch needs ExecuTorch: pip install executorch')
     print(f'CPU: {meta["cpu"]} ({meta["logical_cpus"]} logical), threads: '
           f'{meta["threads"]}, torch {meta["torch"]}, load average (1 min) at start: '
           f'{meta["loadavg_start"]}', flush=True)
@@ -382,6 +423,14 @@ def main():
         def onnx_path(name):
             return osp.join(tmpdir, f'{name}_{len(os.listdir(tmpdir))}.onnx')
 
+        def mobile_runner(model, example, path):
+            """ExecuTorch runners of a backbone: CAS-ViT deployed in its export form."""
+            from casvit_mm.deploy.mobile import MobileNetwork, mobile_network
+            network = (mobile_network(model, 'backbone') if isinstance(model, CASViT)
+                       else MobileNetwork(model, 'backbone').eval())
+            return executorch_runner(network, example, path[:-5], args.threads,
+                                     args.int8_calib)
+
         for shape in inputs:
             example = torch.randn(shape)
             variants = []
@@ -391,12 +440,17 @@ def main():
                     f'casvit-{arch}', base, args.variants, lambda m: m(example), shape[0],
                     onnx=onnx_runner(fused_copy(base, 'nchw'), example,
                                      onnx_path(f'casvit-{arch}'), args.threads,
-                                     kind='backbone', int8_calib=args.int8_calib))
+                                     kind='backbone', int8_calib=args.int8_calib),
+                    executorch=mobile_runner(base, example, onnx_path(f'casvit-{arch}')))
             for name in args.baselines:
                 model = resnet(int(name[len('resnet'):]))
                 variants.append(Variant(name, 'eval', lambda m=model: m(example), shape[0],
                                         baseline=(f'casvit-{args.arch[0]}', 'eval'),
                                         compare=False))
+                for variant in set(EXECUTORCH) & set(args.variants):  # lowered the same way
+                    make = mobile_runner(model, example, onnx_path(name))
+                    variants.append(Variant(name, variant, make(variant), shape[0],
+                                            baseline=(name, 'eval')))
             run('x'.join(map(str, shape)), variants, args.repeats)
 
         for kind in models:

@@ -1,0 +1,430 @@
+"""CAS-ViT on the runtimes phones run: ExecuTorch (XNNPACK, fp32 and int8) and Core ML.
+
+What ``tools/deployment/export_mobile.py`` and the benchmark's ``executorch``
+variants run, as importable pieces (the tests run exactly these).
+
+What runs where, as in a phone app:
+
+* **host side** (the app's own code; here mmengine's / mmdet's / mmseg's /
+  mmpretrain's, called as they are): loading and resizing the image, the data
+  preprocessor (BGR -> RGB, ``(x - mean) / std``, zero padding bottom-right
+  to the exported size), and the post-processing of the raw outputs: mmdet's
+  ``bbox_head.predict_by_feat`` (decoding, NMS), mmseg's ``predict_by_feat``
+  and ``postprocess_result`` (resize, crop, argmax), mmpretrain's
+  ``head._get_predictions`` (softmax, top-1);
+* **the exported file**: the network, ``(B, 3, H, W)`` preprocessed images ->
+  raw outputs (class logits; RetinaNet's per-level class and box maps;
+  Semantic FPN's logits at 1/4 scale; a backbone's feature maps), ``B``
+  dynamic, ``H x W`` fixed at export.
+
+The network is the deployed model (``switch_model_to_deploy``: BatchNorms
+folded, output norms folded into the FPN) in the export-friendly form of
+:meth:`casvit_mm.models.casvit.CASViT.switch_to_deploy` (``form='export'``):
+plain 4-D ops that XNNPACK and Core ML take whole.
+
+* :func:`to_executorch`: ``torch.export`` (batch dynamic) -> XNNPACK
+  partitioner -> ``.pte``; ``quantize=True`` first quantizes with PT2E
+  (``XNNPACKQuantizer``, symmetric int8, per-channel weights, calibrated on
+  the batches given: the config's own images, :func:`calibration_batches`).
+  Returns how much of the graph XNNPACK took (ExecuTorch's delegation info).
+* :func:`to_coreml`: ``torch.export`` -> coremltools -> ``.mlpackage``
+  (ML program, fp16) and its MIL op inventory. Conversion runs on Linux;
+  running the package needs macOS or iOS.
+* :class:`ExecuTorchModel` runs a ``.pte`` in ExecuTorch's Python runtime;
+  :func:`evaluate_mobile` scores it with the config's own evaluator.
+
+The entry point for a dispatch (one call per file): :func:`export_mobile`.
+"""
+import copy
+import os
+import os.path as osp
+from collections import Counter
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+__all__ = ['MOBILE_KINDS', 'PORTABLE_OK', 'MobileExportError', 'MobileNetwork', 'ExecuTorchModel',
+           'mobile_kind', 'mobile_network', 'export_program', 'to_executorch',
+           'quantize_pt2e', 'to_coreml', 'coreml_ops', 'calibration_batches',
+           'host_predictions', 'evaluate_mobile', 'export_mobile', 'FORMATS']
+
+MOBILE_KINDS = ('classifier', 'detector', 'segmentor', 'backbone')
+FORMATS = ('executorch', 'executorch-int8', 'coreml')
+# What XNNPACK (ExecuTorch 1.4's partitioner) does not take from the necks and
+# heads of the dense models: the FPN's upsampling stays on ExecuTorch's portable
+# kernels. The CAS-ViT network and the classifier delegate whole.
+PORTABLE_OK = ('aten_upsample_nearest2d_vec', 'aten_upsample_bilinear2d_vec')
+# torch.export needs an upper bound for a dynamic batch; ExecuTorch plans the
+# activation memory for it.
+DEFAULT_MAX_BATCH = 8
+
+
+class MobileExportError(ValueError):
+    """A model or request this module cannot export, with what to do."""
+
+
+# ------------------------------------------------------------------ network
+def mobile_kind(model: nn.Module, backbone_only: bool = False) -> str:
+    """What :class:`MobileNetwork` exports for ``model``: 'classifier',
+    'detector' (single-stage: backbone, neck, head), 'segmentor' or 'backbone'."""
+    if backbone_only or not hasattr(model, 'backbone'):
+        return 'backbone'
+    if hasattr(model, 'decode_head'):
+        return 'segmentor'
+    if getattr(model, 'with_rpn', False) or hasattr(model, 'roi_head'):
+        raise MobileExportError(
+            f'{type(model).__name__} is a two-stage detector: its RoI head needs RoIAlign '
+            f'and NMS between the network parts, which the mobile runtimes do not take. '
+            f'Export a single-stage detector (RetinaNet), or the backbone with '
+            f'--backbone-only.')
+    if hasattr(model, 'bbox_head'):
+        return 'detector'
+    if hasattr(model, 'head') and hasattr(model, 'extract_feat'):
+        return 'classifier'
+    return 'backbone'
+
+
+class MobileNetwork(nn.Module):
+    """The network of an OpenMMLab model as tensor in, flat tuple of tensors out.
+
+    ``forward(images)``: ``(B, 3, H, W)`` images *after* the model's data
+    preprocessor ->
+
+    * classifier: ``(logits,)``, what ``model.head`` computes before softmax;
+    * detector: ``cls_score_0..L-1, bbox_pred_0..L-1``, the head's raw maps;
+    * segmentor: ``(logits,)`` at the decode head's scale (1/4);
+    * backbone: the feature maps.
+    """
+
+    def __init__(self, model: nn.Module, kind: str):
+        super().__init__()
+        if kind not in MOBILE_KINDS:
+            raise MobileExportError(f'kind must be one of {MOBILE_KINDS}, got {kind!r}')
+        self.model, self.kind = model, kind
+
+    def forward(self, images):
+        model = self.model
+        if self.kind == 'backbone':
+            return tuple(model(images))
+        if self.kind == 'classifier':
+            return (model.head(model.extract_feat(images)),)
+        if self.kind == 'segmentor':
+            return (model._forward(images),)
+        cls_scores, bbox_preds = model.bbox_head(model.extract_feat(images))[:2]
+        return tuple(cls_scores) + tuple(bbox_preds)
+
+
+class ExportGroupNorm(nn.Module):
+    """``nn.GroupNorm`` as 4-D means and element-wise ops, which XNNPACK runs.
+
+    XNNPACK has no group norm; exported as ATen's ``native_group_norm`` it
+    stays on ExecuTorch's portable kernels (the toy RetinaNet's head has
+    GroupNorm). Here: ``(B, C, H, W)`` viewed as ``(B, G, C/G, H*W)`` (the
+    batch inferred: one ``-1``, as XNNPACK's reshape needs), its mean and
+    biased variance over the last two dims (4-D ``mean(keepdim=True)``),
+    normalised, viewed back, scaled and shifted. Same function, other rounding.
+    """
+
+    def __init__(self, norm: nn.GroupNorm):
+        super().__init__()
+        self.groups, self.channels, self.eps = norm.num_groups, norm.num_channels, norm.eps
+        shape = (1, self.channels, 1, 1)
+        self.weight = nn.Parameter(norm.weight.detach().reshape(shape).clone(),
+                                   requires_grad=False) if norm.affine else None
+        self.bias = nn.Parameter(norm.bias.detach().reshape(shape).clone(),
+                                 requires_grad=False) if norm.affine else None
+
+    def forward(self, x):
+        H, W = x.shape[2], x.shape[3]
+        grouped = x.reshape(-1, self.groups, self.channels // self.groups, H * W)
+        centred = grouped - grouped.mean((2, 3), keepdim=True)
+        var = (centred * centred).mean((2, 3), keepdim=True)
+        out = (centred * torch.rsqrt(var + self.eps)).reshape(-1, self.channels, H, W)
+        return out if self.weight is None else out * self.weight + self.bias
+
+
+def _replace_group_norms(module: nn.Module):
+    for name, child in module.named_children():
+        if isinstance(child, nn.GroupNorm):
+            setattr(module, name, ExportGroupNorm(child))
+        else:
+            _replace_group_norms(child)
+
+
+def mobile_network(model: nn.Module, kind: str) -> MobileNetwork:
+    """A deployed copy of ``model`` in the export-friendly form, wrapped for ``kind``.
+
+    ``switch_model_to_deploy`` on a copy (BatchNorms folded, the backbone's
+    output norms folded into an FPN where exact, NCHW weights), then every
+    CAS-ViT switched to ``form='export'`` and every ``nn.GroupNorm`` replaced
+    by :class:`ExportGroupNorm`.
+    """
+    from casvit_mm import CASViT
+    from casvit_mm.models.fusion import switch_model_to_deploy
+    source = model.backbone if kind == 'backbone' and hasattr(model, 'backbone') else model
+    if not any(isinstance(m, CASViT) for m in source.modules()):
+        raise MobileExportError(f'{type(model).__name__} has no CASViT inside: the mobile '
+                                f'export is for CAS-ViT models')
+    deployed = switch_model_to_deploy(copy.deepcopy(source), channels_last=False)
+    for module in deployed.modules():
+        if isinstance(module, CASViT):
+            module.switch_to_deploy(form='export')
+    _replace_group_norms(deployed)
+    return MobileNetwork(deployed, kind).eval()
+
+
+def export_program(network: nn.Module, example: torch.Tensor,
+                   max_batch: Optional[int] = DEFAULT_MAX_BATCH):
+    """``torch.export`` of ``network`` at ``example``'s image size, the batch
+    dimension dynamic up to ``max_batch`` (None: static, as ``example``).
+
+    PT2E int8 needs the dynamic batch at this point already (a static one
+    fails later with ``Guard failed: x.size()[0] == 8``).
+    """
+    dynamic = None
+    if max_batch is not None:
+        if example.shape[0] < 2:  # torch.export specialises a size-1 dimension
+            example = example.expand(2, *example.shape[1:]).contiguous()
+        dynamic = ({0: torch.export.Dim('batch', min=1, max=max_batch)},)
+    with torch.no_grad():
+        return torch.export.export(network, (example,), dynamic_shapes=dynamic)
+
+
+def calibration_batches(cfg, model, shape: Sequence[int], num_images: int = 32,
+                        batch_size: int = 8, split: str = 'train',
+                        seed: int = 0) -> List[torch.Tensor]:
+    """``num_images`` images of the config's ``split`` through its test pipeline
+    and the model's data preprocessor, padded to ``shape``: what the exported
+    network takes (the int8 calibration data of
+    :mod:`casvit_mm.quantization`, in tensors)."""
+    from casvit_mm.quantization import DataloaderCalibration
+    reader = DataloaderCalibration(cfg, model, 'backbone', shape, num_images, batch_size,
+                                   split, seed)
+    return [torch.from_numpy(batch['images']) for batch in reader]
+
+
+def quantize_pt2e(network: nn.Module, example: torch.Tensor,
+                  calibration: Iterable[torch.Tensor],
+                  max_batch: Optional[int] = DEFAULT_MAX_BATCH) -> nn.Module:
+    """PT2E static int8 for XNNPACK: ``XNNPACKQuantizer`` with the symmetric
+    per-channel configuration, torchao's ``prepare_pt2e``, one pass over the
+    ``calibration`` batches, ``convert_pt2e``. Returns the quantized graph
+    module (still float in, float out; GELU and sigmoid stay float between
+    dequantize / quantize nodes, as the quantizer annotates them)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer, get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True))
+    graph = export_program(network, example, max_batch).module()
+    prepared = prepare_pt2e(graph, quantizer)
+    seen = 0
+    with torch.no_grad():
+        for batch in calibration:
+            prepared(batch)
+            seen += 1
+    if not seen:
+        raise MobileExportError('int8 needs calibration images: none were given')
+    return convert_pt2e(prepared)
+
+
+def delegation(edge_program) -> Dict:
+    """How much of a lowered program XNNPACK runs (ExecuTorch's delegation info):
+    delegated and non-delegated op counts, the delegated subgraphs, and the
+    op types left to ExecuTorch's portable kernels."""
+    from executorch.devtools.backend_debug import get_delegation_info
+    graph_module = edge_program.exported_program().graph_module
+    info = get_delegation_info(graph_module)
+    # getitem picks the outputs of a delegate call: bookkeeping, not computation
+    left = {op: b.non_delegated for op, b in info.delegation_by_operator.items()
+            if b.non_delegated and op != 'getitem'}
+    return dict(delegated=info.num_delegated_nodes, non_delegated=sum(left.values()),
+                subgraphs=info.num_delegated_subgraphs, non_delegated_ops=left)
+
+
+def to_executorch(network: nn.Module, example: torch.Tensor, path: str,
+                  quantize: bool = False, calibration: Optional[Iterable] = None,
+                  max_batch: Optional[int] = DEFAULT_MAX_BATCH) -> Dict:
+    """Lower ``network`` to XNNPACK and write the ``.pte`` to ``path``.
+
+    ``quantize``: PT2E int8 first (:func:`quantize_pt2e`, calibrated on
+    ``calibration``). Returns :func:`delegation`'s summary plus the path.
+    """
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    if quantize:
+        if calibration is None:
+            raise MobileExportError('int8 needs calibration batches (calibration_batches)')
+        network = quantize_pt2e(network, example, calibration, max_batch)
+    program = export_program(network, example, max_batch)
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    summary = delegation(edge)
+    executorch_program = edge.to_executorch()
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    with open(path, 'wb') as f:
+        executorch_program.write_to_file(f)
+    return dict(summary, path=path)
+
+
+def coreml_ops(mlmodel) -> Counter:
+    """The MIL operations of a converted Core ML model, by type (``const`` left out)."""
+    program = mlmodel._mil_program
+    ops = Counter()
+
+    def walk(block):
+        for op in block.operations:
+            if op.op_type != 'const':
+                ops[op.op_type] += 1
+            for inner in getattr(op, 'blocks', []):
+                walk(inner)
+    for function in program.functions.values():
+        walk(function)
+    return ops
+
+
+def to_coreml(network: nn.Module, example: torch.Tensor, path: str):
+    """Convert ``network`` at ``example``'s shape (static) to a Core ML ML
+    program (fp16 compute, coremltools' default) saved as ``path``
+    (``.mlpackage``). Conversion runs anywhere coremltools installs; running
+    the package needs macOS / iOS (coremltools cannot predict on Linux).
+
+    Returns:
+        tuple: the ``MLModel`` and :func:`coreml_ops` of it.
+    """
+    import coremltools as ct
+    program = export_program(network, example, max_batch=None).run_decompositions({})
+    mlmodel = ct.convert(program, convert_to='mlprogram',
+                         minimum_deployment_target=ct.target.iOS17)
+    os.makedirs(osp.dirname(osp.abspath(path)) or '.', exist_ok=True)
+    mlmodel.save(path)
+    return mlmodel, coreml_ops(mlmodel)
+
+
+# ------------------------------------------------------------------ runtime
+def set_threads(threads: int):
+    """XNNPACK's thread pool size in ExecuTorch's Python runtime."""
+    from executorch.extension.pybindings import portable_lib
+    reset = getattr(portable_lib, '_unsafe_reset_threadpool', None)
+    if reset is not None:
+        reset(int(threads))
+
+
+class ExecuTorchModel:
+    """A ``.pte`` loaded in ExecuTorch's Python runtime: ``model(images)`` ->
+    list of output tensors. ``threads``: XNNPACK's thread pool (None: keep)."""
+
+    def __init__(self, path: str, threads: Optional[int] = None):
+        from executorch.runtime import Runtime
+        if not osp.isfile(path):
+            raise MobileExportError(f'{path!r} does not exist')
+        if threads:
+            set_threads(threads)
+        self.path = path
+        self.program = Runtime.get().load_program(path)
+        self.method = self.program.load_method('forward')
+
+    def __call__(self, images: torch.Tensor) -> List[torch.Tensor]:
+        return list(self.method.execute([images.contiguous()]))
+
+
+# ------------------------------------------------------------------ host side
+def host_predictions(kind: str, model: nn.Module, outputs: Sequence[torch.Tensor],
+                     data_samples, shape: Sequence[int]):
+    """The raw outputs of one batch -> the batch's data samples with predictions,
+    through the model's own post-processing code (what its ``predict`` calls
+    after the network): mmdet's ``predict_by_feat`` (rescaled to the original
+    image), mmseg's ``predict_by_feat`` + ``postprocess_result`` (the padding to
+    ``shape`` cropped off), mmpretrain's ``head._get_predictions``."""
+    outputs = [torch.as_tensor(o) for o in outputs]
+    with torch.no_grad():
+        if kind == 'classifier':
+            return model.head._get_predictions(outputs[0], data_samples)
+        if kind == 'detector':
+            levels = len(outputs) // 2
+            metas = [s.metainfo for s in data_samples]
+            results = model.bbox_head.predict_by_feat(
+                outputs[:levels], outputs[levels:], batch_img_metas=metas, rescale=True)
+            return model.add_pred_to_datasample(data_samples, results)
+        if kind == 'segmentor':
+            H, W = shape
+            for sample in data_samples:
+                h, w = sample.metainfo['img_shape'][:2]
+                # mmseg's own way to say the input was padded bottom-right
+                sample.set_metainfo(dict(img_shape=(H, W), pad_shape=(H, W),
+                                         padding_size=[0, W - w, 0, H - h]))
+            metas = [s.metainfo for s in data_samples]
+            logits = model.decode_head.predict_by_feat(outputs[0], metas)
+            return model.postprocess_result(logits, data_samples)
+    raise MobileExportError(f'no host post-processing for kind {kind!r}')
+
+
+def evaluate_mobile(runners: Sequence, cfg, model: nn.Module, kind: str,
+                    shape: Sequence[int], max_batch: int = DEFAULT_MAX_BATCH) -> List[Dict]:
+    """Score exported networks with the config's test evaluator on its test split.
+
+    ``runners``: callables ``images -> raw outputs`` (:class:`ExecuTorchModel`,
+    or the PyTorch network itself for the reference), run on the same
+    batches: the images through the test pipeline and ``model``'s data
+    preprocessor, padded to ``shape``; the outputs through
+    :func:`host_predictions`; the config's evaluator (CocoMetric, IoUMetric,
+    Accuracy) scores them.
+    """
+    from mmengine.evaluator import Evaluator
+    from mmengine.runner import Runner
+
+    from casvit_mm.quantization import batch_images
+    if kind == 'backbone':
+        raise MobileExportError('evaluation needs a whole model (a backbone has no metric)')
+    loader_cfg = copy.deepcopy(cfg.get('test_dataloader') or cfg.val_dataloader)
+    loader_cfg.update(num_workers=0, persistent_workers=False,
+                      batch_size=min(max_batch, loader_cfg.get('batch_size', 1)))
+    loader = Runner.build_dataloader(loader_cfg)
+    evaluator_cfg = cfg.get('test_evaluator') or cfg.val_evaluator
+    evaluators = [Evaluator(copy.deepcopy(evaluator_cfg)) for _ in runners]
+    for ev in evaluators:
+        ev.dataset_meta = loader.dataset.metainfo
+    for data in loader:
+        images = batch_images(data, model, 'backbone', shape)
+        for run, ev in zip(runners, evaluators):
+            with torch.no_grad():
+                outputs = run(images)
+            samples = host_predictions(kind, model, outputs,
+                                       copy.deepcopy(data['data_samples']), shape)
+            ev.process(data_samples=samples, data_batch=data)
+    return [ev.evaluate(len(loader.dataset)) for ev in evaluators]
+
+
+# ------------------------------------------------------------------ entry point
+def export_mobile(model: nn.Module, fmt: str, path: str, shape: Sequence[int],
+                  kind: Optional[str] = None, calibration: Optional[Iterable] = None,
+                  max_batch: int = DEFAULT_MAX_BATCH) -> Dict:
+    """Export ``model`` (a trained CAS-ViT classifier, single-stage detector,
+    segmentor or backbone, training layout) to one mobile format.
+
+    Args:
+        model: the model, unchanged (a deployed copy is exported).
+        fmt: ``'executorch'`` (XNNPACK fp32 ``.pte``), ``'executorch-int8'``
+            (PT2E int8 ``.pte``; needs ``calibration``) or ``'coreml'``
+            (``.mlpackage``).
+        path: the file to write.
+        shape: ``(H, W)`` of the exported input.
+        kind: :func:`mobile_kind` of the model (default: detected).
+        calibration: batches of preprocessed images (:func:`calibration_batches`).
+        max_batch: the largest batch the ``.pte`` takes.
+
+    Returns:
+        dict: ``path``, ``kind`` and, for ExecuTorch, the delegation summary
+        (:func:`delegation`), for Core ML the MIL op inventory.
+    """
+    if fmt not in FORMATS:
+        raise MobileExportError(f'format must be one of {FORMATS}, got {fmt!r}')
+    kind = kind or mobile_kind(model)
+    network = mobile_network(model, kind)
+    example = torch.zeros(1, 3, *shape)
+    if fmt == 'coreml':
+        _, ops = to_coreml(network, example, path)
+        return dict(path=path, kind=kind, coreml_ops=dict(ops))
+    info = to_executorch(network, example, path, quantize=fmt == 'executorch-int8',
+                         calibration=calibration, max_batch=max_batch)
+    return dict(info, kind=kind)

@@ -1,0 +1,306 @@
+"""Mobile runtimes (casvit_mm.deploy.mobile, tools/deployment/export_mobile.py).
+
+* The export-friendly deploy form computes what the fused deploy model and the
+  eval-mode model compute (random BN statistics), and ``torch.export`` of it
+  has none of the ops the mobile compilers refuse.
+* ExecuTorch: a toy-trained classifier goes through the tool (fp32 and int8
+  .pte, --eval with mmpretrain's Accuracy); XNNPACK runs every op of both
+  files (ExecuTorch's delegation info); the files load and run in ExecuTorch's
+  Python runtime, fp32 within 1e-4 of the eval-mode model, int8 close to it.
+* Whole detectors and segmentors: the .pte's raw outputs through mmdet's /
+  mmseg's own post-processing on the host give ``test_step``'s predictions.
+* Core ML: conversion succeeds and its MIL op inventory is what the network is
+  made of (running the package needs macOS, so it is not run here).
+"""
+import copy
+import itertools
+import os.path as osp
+import re
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+pytest.importorskip('executorch', reason='pip install executorch (the tests extra)')
+
+from casvit_mm import CASViT  # noqa: E402
+from casvit_mm.apis import build_model, load_config, relative_error  # noqa: E402
+from casvit_mm.deploy.mobile import (PORTABLE_OK, ExecuTorchModel,  # noqa: E402
+                                     MobileExportError,
+                                     MobileNetwork, export_program, host_predictions,
+                                     mobile_kind, mobile_network, to_coreml, to_executorch)
+from casvit_mm.onnx_export import match_detections  # noqa: E402
+from casvit_mm.quantization import batch_images, calibration_loader  # noqa: E402
+from casvit_mm.toy_data.ade import make_toy_ade  # noqa: E402
+from casvit_mm.toy_data.coco import cfg_options, make_toy_coco  # noqa: E402
+from casvit_mm.toy_data.imagenet import make_toy_imagenet  # noqa: E402
+from conftest import ONE_THREAD, REPO, run_tool  # noqa: E402
+from test_deploy import randomize_bn  # noqa: E402
+from test_quantize import CLS_TOY  # noqa: E402
+
+RETINA_TOY = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'
+SEG_TOY = 'configs/segmentation/fpn_casvit_xs_toy.py'
+MASK_TOY = 'configs/detection/toy/mask_rcnn_casvit_xs_toy-shapes.py'
+TOL = 1e-4
+# What the mobile compilers refuse or leave to slow kernels (the fused form's ops).
+NOT_EXPORT_FRIENDLY = ('unbind', 'addcmul', 'squeeze', 'select', 'slice', 'split', 'chunk',
+                       'mkldnn', 'linear')
+
+
+# ------------------------------------------------------------ the export form
+@pytest.mark.parametrize('kwargs', [dict(arch='xs'), dict(arch='s', out_indices=(1, 3)),
+                                    dict(arch='xs', out_indices=-1, global_pool=True)])
+def test_export_form_equals_fused_and_eval(kwargs):
+    model = randomize_bn(CASViT(**kwargs)).eval()
+    x = torch.randn(2, 3, 64, 96)
+    fused = copy.deepcopy(model)
+    fused.switch_to_deploy()
+    export = copy.deepcopy(model)
+    export.switch_to_deploy(form='export')
+    with torch.no_grad():
+        reference, out_fused, out_export = model(x), fused(x), export(x)
+    assert relative_error(reference, out_export) < TOL
+    assert relative_error(out_fused, out_export) < 1e-5  # float rounding only
+    assert export.deploy_form == 'export' and fused.deploy_form == 'fused'
+    assert not any(isinstance(m, (_BatchNorm, nn.Linear)) for m in export.modules())
+    convs = [m for m in export.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.weight.is_contiguous() for c in convs)  # NCHW
+    block = export.stages[0][0]
+    assert block.export_form and hasattr(block.attn, 'channel_gate_k')
+    assert not hasattr(block.attn, 'qk')
+
+
+def test_export_form_from_a_fused_backbone_and_no_way_back():
+    model = randomize_bn(CASViT('xs')).eval()
+    fused = copy.deepcopy(model)
+    fused.switch_to_deploy()
+    built = CASViT('xs', deploy=True)  # a fused checkpoint loaded strictly, then switched
+    built.load_state_dict(fused.state_dict(), strict=True)
+    built.switch_to_deploy(form='export')
+    built.switch_to_deploy(form='export')  # repeating is harmless
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert relative_error(model(x), built(x)) < TOL
+    with pytest.raises(ValueError, match='export form already'):
+        built.switch_to_deploy()
+    with pytest.raises(ValueError, match="'fused' or 'export'"):
+        model.switch_to_deploy(form='onnx')
+
+
+def test_exported_graph_is_plain_4d():
+    """torch.export of the export form: no 5-D tensor and none of the ops that
+    kept the fused form from delegating whole (unbind, addcmul, 2-D means...)."""
+    backbone = CASViT('xs', out_indices=-1, global_pool=True).eval()
+    backbone.switch_to_deploy(form='export')
+    program = export_program(backbone, torch.randn(2, 3, 64, 64))
+    targets = Counter(str(n.target) for n in program.graph.nodes if n.op == 'call_function')
+    assert not [t for t in targets if any(bad in t for bad in NOT_EXPORT_FRIENDLY)], targets
+    ranks = {len(n.meta['val'].shape) for n in program.graph.nodes
+             if isinstance(n.meta.get('val'), torch.Tensor)}
+    assert max(ranks) == 4, ranks
+    means = [n for n in program.graph.nodes if 'mean' in str(n.target)]
+    assert means and all(n.args[2] is True for n in means)  # keepdim: 4-D
+    blocks = sum(backbone.depths)
+    assert targets['aten.conv2d.default'] == 2 + 3 + 16 * blocks + 1  # the output norm too
+    assert targets['aten.sigmoid.default'] == 4 * blocks
+
+
+# ------------------------------------------------------------ ExecuTorch, classifier
+# A CAS-ViT of one block per stage: lowering (int8 above all) takes time in
+# proportion to the graph, and the toy sizes keep the tests within budget.
+TINY = dict(depths=[1, 1, 1, 1], widths=[16, 24, 32, 48])
+
+
+def tiny(cfg):
+    """The config with the tiny backbone (neck / head inputs to match)."""
+    cfg.model.backbone.arch = copy.deepcopy(TINY)
+    if cfg.model.get('neck'):
+        cfg.model.neck.in_channels = list(TINY['widths'])
+    if cfg.model.get('head'):
+        cfg.model.head.in_channels = TINY['widths'][-1]
+    return cfg
+
+
+@pytest.fixture(scope='module')
+def classifier_files(tmp_path_factory):
+    """A tiny CAS-ViT classifier trained 60 steps on the toy image folders,
+    then the tool run once on it: fp32 and int8 .pte (int8 lowering is the
+    slow part: once per module), --eval with mmpretrain's Accuracy."""
+    from mmengine.optim import OptimWrapper
+    from mmengine.runner import Runner, set_random_seed
+    tmp = tmp_path_factory.mktemp('mobile_cls')
+    root = str(tmp / 'toy_imagenet')
+    make_toy_imagenet(root, num_train=8, num_val=4, size=64, seed=0)
+    config = tmp / 'tiny_cls.py'
+    loader = "dict(num_workers=0, persistent_workers=False, dataset=dict(data_root=%r))" % root
+    config.write_text(
+        f"_base_ = [{osp.join(REPO, CLS_TOY)!r}]\n"
+        f"model = dict(backbone=dict(arch=dict(_delete_=True, **{TINY!r})),\n"
+        f"             head=dict(in_channels={TINY['widths'][-1]}))\n"
+        + ''.join(f'{name} = {loader}\n' for name in
+                  ('train_dataloader', 'val_dataloader', 'test_dataloader')))
+    cfg = load_config(str(config))
+    set_random_seed(0)
+    model = build_model(cfg)
+    model.train()
+    optim = OptimWrapper(torch.optim.AdamW(model.parameters(), lr=2e-3))
+    train = Runner.build_dataloader(dict(cfg.train_dataloader, batch_size=8, sampler=dict(
+        type='DefaultSampler', shuffle=True, seed=0)), seed=0)
+    for step, data in zip(range(60), itertools.cycle(train)):
+        model.train_step(data, optim)
+    checkpoint = str(tmp / 'tiny_cls.pth')
+    torch.save(dict(state_dict=model.state_dict(), meta=dict()), checkpoint)
+    out_dir = tmp / 'out'
+    out = run_tool('tools/deployment/export_mobile.py', config, '--checkpoint', checkpoint,
+                   '--calib-images', 8, '--calib-batch', 4, '--repeats', 1, '--threads', 1,
+                   '--max-batch', 4, '--out-dir', out_dir, '--eval', '--max-drop', 0.125,
+                   env=ONE_THREAD)
+    print(out)
+    return dict(out=out, fp32=str(out_dir / 'tiny_cls_fp32.pte'),
+                int8=str(out_dir / 'tiny_cls_int8.pte'), cfg=cfg, checkpoint=checkpoint)
+
+
+def test_tool_delegates_everything_and_scores(classifier_files):
+    out = classifier_files['out']
+    for fmt in ('executorch', 'executorch-int8'):
+        line = next(line for line in out.splitlines() if f' {fmt} ' in line)
+        delegated, total = map(int, re.search(r'XNNPACK runs (\d+) of (\d+) ops', line).groups())
+        assert line.startswith('OK') and delegated == total > 100, line
+        assert 'in 1 subgraph' in line, line
+    table = next(line for line in out.splitlines() if line.startswith('accuracy/top1'))
+    pytorch, fp32, int8 = map(float, table.split()[1:4])
+    assert fp32 == pytorch  # the fp32 file scores as the eval-mode PyTorch model
+    assert re.search(r'^OK +int8 loses at most', out, re.M), out
+
+
+def test_pte_files_run_in_executorch(classifier_files):
+    """Both files load in ExecuTorch's Python runtime and take any batch up to
+    the exported maximum; fp32 is the eval-mode model to 1e-4 of the output
+    scale, int8 is close to it but not equal (something was quantized) and
+    smaller."""
+    cfg, checkpoint = classifier_files['cfg'], classifier_files['checkpoint']
+    model = build_model(cfg, checkpoint).eval()
+    data = next(iter(calibration_loader(cfg, 'val', 4)))
+    images = batch_images(data, model, 'backbone', (64, 64))
+    with torch.no_grad():
+        reference = MobileNetwork(model, 'classifier')(images)
+    fp32 = ExecuTorchModel(classifier_files['fp32'])
+    int8 = ExecuTorchModel(classifier_files['int8'])
+    assert relative_error(reference, fp32(images)) <= TOL
+    assert relative_error([r[:1] for r in reference], fp32(images[:1])) <= TOL  # batch 1
+    error = relative_error(reference, int8(images))
+    assert 1e-3 < error < 0.5, error  # quantized: moved, but not far
+    assert (fp32(images)[0].argmax(1) == int8(images)[0].argmax(1)).float().mean() >= 0.75
+    # (CAS-ViT-XS: 3.5x smaller; this tiny model's per-channel scales weigh more)
+    assert osp.getsize(classifier_files['int8']) < 0.6 * osp.getsize(classifier_files['fp32'])
+    with pytest.raises(Exception):  # above the exported maximum batch: refused, not wrong
+        fp32(torch.zeros(5, 3, 64, 64))
+
+
+# ------------------------------------------------------------ whole dense models
+@pytest.fixture(scope='module')
+def toy_coco_root(tmp_path_factory):
+    return make_toy_coco(str(tmp_path_factory.mktemp('mobile_coco')), num_train=2, num_val=4,
+                         image_size=64, seed=0)['root']
+
+
+def no_workers(cfg):
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].num_workers, cfg[loader].persistent_workers = 0, False
+    return cfg
+
+
+def test_retinanet_raw_outputs_and_mmdet_post_processing(toy_coco_root, tmp_path):
+    """RetinaNet: the .pte holds backbone, neck and head (every op on XNNPACK but
+    the FPN's nearest upsampling);
+    mmdet's own predict_by_feat on its raw maps gives test_step's detections."""
+    from mmengine.config import Config
+    torch.manual_seed(0)
+    cfg = tiny(Config.fromfile(osp.join(REPO, RETINA_TOY)))
+    model = randomize_bn(build_model(cfg)).eval()
+    # random class biases: spread-out scores, so that detections pass score_thr
+    model.bbox_head.retina_cls.bias.data.normal_(0, 2)
+    cfg.merge_from_dict(dict(o.split('=', 1) for o in cfg_options(toy_coco_root)))
+    no_workers(cfg)
+    assert mobile_kind(model) == 'detector'
+    data = next(iter(calibration_loader(cfg, 'val', 2)))
+    shape = tuple(data['inputs'][0].shape[1:])
+    images = batch_images(data, model, 'backbone', shape)
+    info = to_executorch(mobile_network(model, 'detector'), images[:1],
+                         str(tmp_path / 'retina.pte'), max_batch=2)
+    # all but the FPN's upsampling (XNNPACK's partitioner in ExecuTorch 1.4 takes
+    # no nearest upsampling): backbone, neck convs and head run in XNNPACK
+    assert set(info['non_delegated_ops']) <= set(PORTABLE_OK), info
+    assert info['delegated'] > 20 * info['non_delegated'], info
+    outputs = ExecuTorchModel(info['path'])(images)
+    assert len(outputs) == 2 * len(model.bbox_head.prior_generator.strides)
+    samples = host_predictions('detector', model, outputs, copy.deepcopy(data['data_samples']),
+                               shape)
+    with torch.no_grad():
+        reference = model.test_step(data)
+    for ref, got in zip(reference, samples):
+        r, g = ref.pred_instances, got.pred_instances
+        keep = r.scores > 0.05
+        found = match_detections((r.bboxes[keep], r.scores[keep], r.labels[keep]),
+                                 (g.bboxes, g.scores, g.labels), iou=0.99, score_tol=1e-3)
+        assert keep.any() and found == 1.0
+
+
+def test_segmentor_raw_outputs_and_mmseg_post_processing(tmp_path):
+    """Semantic FPN: logits from the .pte, mmseg's predict_by_feat and
+    postprocess_result on the host (padding to the exported size cropped off
+    as mmseg does it) give test_step's label maps."""
+    from mmengine.config import Config
+    root = make_toy_ade(str(tmp_path / 'ade'), num_train=1, num_val=2, size=(96, 72), seed=0)
+    cfg = tiny(Config.fromfile(osp.join(REPO, SEG_TOY)))
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].dataset.data_root = root['root']
+    no_workers(cfg)
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(cfg)).eval()
+    data = next(iter(calibration_loader(cfg, 'val', 2)))
+    h, w = data['inputs'][0].shape[1:]
+    shape = (h + 32, w)  # exported larger than the images: padded, then cropped on the host
+    images = batch_images(data, model, 'backbone', shape)
+    info = to_executorch(mobile_network(model, 'segmentor'), images[:1],
+                         str(tmp_path / 'fpn.pte'), max_batch=2)
+    assert set(info['non_delegated_ops']) <= set(PORTABLE_OK), info  # neck/head resizes
+    outputs = ExecuTorchModel(info['path'])(images)
+    samples = host_predictions('segmentor', model, outputs,
+                               copy.deepcopy(data['data_samples']), shape)
+    with torch.no_grad():
+        reference = model.test_step(data)
+    for ref, got in zip(reference, samples):
+        assert ref.pred_sem_seg.data.shape == got.pred_sem_seg.data.shape
+        equal = (ref.pred_sem_seg.data == got.pred_sem_seg.data).float().mean()
+        assert equal >= 0.99, float(equal)
+
+
+def test_two_stage_detectors_say_what_to_do():
+    from mmengine.config import Config
+    cfg = Config.fromfile(osp.join(REPO, MASK_TOY))
+    with pytest.raises(MobileExportError, match='two-stage'):
+        mobile_kind(build_model(cfg))
+
+
+# ------------------------------------------------------------ Core ML
+def test_coreml_conversion_and_op_inventory(tmp_path):
+    """The export form converts whole to a Core ML ML program, and its MIL ops
+    are exactly the network's: one conv per Conv2d (16 a block), one GELU per
+    local-integration and MLP branch, four sigmoids and two means per mixer."""
+    pytest.importorskip('coremltools')
+    backbone = randomize_bn(CASViT('xs', out_indices=(1, 3))).eval()
+    network = mobile_network(backbone, 'backbone')
+    mlmodel, ops = to_coreml(network, torch.randn(1, 3, 64, 64), str(tmp_path / 'xs.mlpackage'))
+    assert osp.isdir(tmp_path / 'xs.mlpackage')
+    blocks = sum(backbone.depths)
+    convs = sum(isinstance(m, nn.Conv2d) for m in network.modules())
+    assert ops['conv'] == convs == 2 + 3 + 16 * blocks + 2  # two output norms as convs
+    assert ops['gelu'] == 2 * blocks and ops['sigmoid'] == 4 * blocks
+    assert ops['reduce_mean'] == 2 * blocks and ops['relu'] == 2 + 2 * blocks
+    assert set(ops) <= {'conv', 'gelu', 'sigmoid', 'reduce_mean', 'relu', 'mul', 'add',
+                        'cast'}, ops
+    spec = mlmodel.get_spec()
+    assert len(spec.description.output) == 2

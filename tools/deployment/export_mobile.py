@@ -1,0 +1,199 @@
+"""Export a CAS-ViT model for phones: ExecuTorch (XNNPACK, fp32 and int8) and Core ML.
+
+From a config and a checkpoint (training layout):
+  1. build the deployed network in the export-friendly form
+     (casvit_mm.deploy.mobile): preprocessed images (B, 3, H, W) -> raw
+     outputs (class logits; RetinaNet's per-level class and box maps;
+     Semantic FPN's logits; with --backbone-only the feature maps); batch
+     dynamic up to --max-batch, H x W fixed (--shape);
+  2. write OUT_DIR/NAME_fp32.pte (XNNPACK), OUT_DIR/NAME_int8.pte (PT2E
+     int8: XNNPACKQuantizer, symmetric, per-channel weights, calibrated on
+     --calib-images images of the config's own data) and
+     OUT_DIR/NAME.mlpackage (Core ML ML program, fp16), as --formats says;
+  3. for each .pte: how many ops XNNPACK runs (ExecuTorch's delegation info;
+     the tool fails unless all of them, but for the FPN's upsampling of
+     detectors and segmentors), its outputs in ExecuTorch's Python
+     runtime against the eval-mode PyTorch model on a val batch (fp32:
+     max|diff| / max|reference| <= --tol), and its latency; for Core ML the
+     MIL op inventory (running the package needs macOS or iOS);
+  4. with --eval, score PyTorch and every .pte on the config's test split
+     with its own evaluator, the post-processing done by mmdet / mmseg /
+     mmpretrain on the host, and fail if int8 loses more than --max-drop.
+
+Examples:
+  python tools/deployment/export_mobile.py configs/classification/casvit_xs_toy.py \\
+      --checkpoint work_dirs/demo_cls/epoch_30.pth --eval
+  python tools/deployment/export_mobile.py \\
+      configs/detection/toy/retinanet_casvit_xs_toy-shapes.py \\
+      --checkpoint work_dirs/demo/iter_300.pth --eval --formats executorch executorch-int8 coreml
+  python tools/deployment/export_mobile.py configs/segmentation/fpn_casvit_m.py \\
+      --checkpoint CKPT --shape 512 512 --formats coreml
+"""
+import argparse
+import contextlib
+import io
+import os
+import os.path as osp
+import statistics
+import sys
+import time
+
+import torch
+
+from casvit_mm import CASViT
+from casvit_mm.apis import build_model, check_data, codebase, load_config, relative_error
+from casvit_mm.deploy.mobile import (DEFAULT_MAX_BATCH, FORMATS, PORTABLE_OK, ExecuTorchModel,
+                                     MobileExportError, MobileNetwork, calibration_batches,
+                                     evaluate_mobile, mobile_kind, mobile_network,
+                                     to_coreml, to_executorch)
+from casvit_mm.quantization import batch_images, calibration_loader, input_shape
+
+# The metrics --max-drop checks (as tools/deployment/quantize.py).
+HEADLINE = ('bbox_mAP', 'bbox_mAP_50', 'mIoU', 'accuracy/top1')
+
+
+def parse_args():
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='the model\'s config (its data calibrates and evaluates)')
+    parser.add_argument('--checkpoint', required=True, help='trained weights of the whole model')
+    parser.add_argument('--formats', nargs='+', choices=FORMATS,
+                        default=['executorch', 'executorch-int8'],
+                        help='what to write (default: executorch executorch-int8)')
+    parser.add_argument('--backbone-only', action='store_true',
+                        help='export the backbone alone (image -> feature maps)')
+    parser.add_argument('--shape', nargs=2, type=int, metavar=('H', 'W'),
+                        help='exported image size (default: that of a val image after the '
+                        'test pipeline); smaller images are padded bottom-right')
+    parser.add_argument('--max-batch', type=int, default=DEFAULT_MAX_BATCH,
+                        help=f'largest batch the .pte files take (default {DEFAULT_MAX_BATCH})')
+    parser.add_argument('--calib-images', type=int, default=32)
+    parser.add_argument('--calib-split', choices=['train', 'val'], default='train')
+    parser.add_argument('--calib-batch', type=int, default=8)
+    parser.add_argument('--out-dir', default='work_dirs/mobile')
+    parser.add_argument('--threads', type=int, default=2, help='XNNPACK threads when timing')
+    parser.add_argument('--repeats', type=int, default=5, help='timed runs per file')
+    parser.add_argument('--tol', type=float, default=1e-4,
+                        help='largest accepted max|diff| / max|reference| of the fp32 .pte')
+    parser.add_argument('--eval', action='store_true',
+                        help='score PyTorch and the .pte files with the config\'s evaluator')
+    parser.add_argument('--max-drop', type=float, default=0.01,
+                        help='with --eval, exit 1 if int8 loses more than this on a headline '
+                        'metric against PyTorch (default 0.01, on the 0-1 scale)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings of the config, as key=value pairs')
+    args = parser.parse_args()
+    for what, path in (('config', args.config), ('--checkpoint', args.checkpoint)):
+        if not osp.isfile(path):
+            parser.error(f'{what} {path!r} does not exist')
+    if min(args.calib_images, args.calib_batch, args.repeats, args.max_batch) < 1:
+        parser.error('--calib-images, --calib-batch, --repeats and --max-batch must be >= 1')
+    return args
+
+
+def median_latency(run, images, repeats):
+    run(images)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(images)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    args = parse_args()
+    cfg = load_config(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    check_data(cfg, ['test'] + (['train'] if args.calib_split == 'train' else ['val']))
+    model = build_model(cfg, checkpoint=args.checkpoint).eval()
+    if not isinstance(getattr(model, 'backbone', None), CASViT):
+        raise SystemExit(f'{args.config} has no CASViT backbone')
+    if model.backbone.deploy:
+        raise SystemExit(f'{args.config} builds a fused (deploy=True) backbone: give the '
+                         f'training config and checkpoint')
+    try:
+        kind = mobile_kind(model, args.backbone_only)
+    except MobileExportError as e:
+        raise SystemExit(str(e))
+    name = osp.splitext(osp.basename(args.config))[0] + ('_backbone' if kind == 'backbone'
+                                                         else '')
+    shape = tuple(args.shape) if args.shape else input_shape(cfg)
+    sample = batch_images(next(iter(calibration_loader(cfg, 'val', args.calib_batch))),
+                          model, 'backbone', shape)[:args.max_batch]
+    reference_net = MobileNetwork(model.backbone if kind == 'backbone' else model, kind).eval()
+    with torch.no_grad():
+        reference = reference_net(sample)
+    network = mobile_network(model, kind)
+    os.makedirs(args.out_dir, exist_ok=True)
+    print(f'{kind}, input {shape[0]}x{shape[1]}, batch 1..{args.max_batch}; torch '
+          f'{torch.__version__}, load average {os.getloadavg()[0]:.2f}', flush=True)
+    failed, files = False, {}
+    for fmt in args.formats:
+        start = time.perf_counter()
+        if fmt == 'coreml':
+            path = osp.join(args.out_dir, f'{name}.mlpackage')
+            _, ops = to_coreml(network, sample[:1], path)
+            print(f'coreml  {path}: converted in {time.perf_counter() - start:.0f} s, '
+                  f'{sum(ops.values())} MIL ops: '
+                  + ', '.join(f'{k} {n}' for k, n in ops.most_common())
+                  + ' (fp16; running it needs macOS / iOS)', flush=True)
+            continue
+        int8 = fmt == 'executorch-int8'
+        path = osp.join(args.out_dir, f'{name}_{"int8" if int8 else "fp32"}.pte')
+        calibration = (calibration_batches(cfg, model, shape, args.calib_images,
+                                           args.calib_batch, args.calib_split)
+                       if int8 else None)
+        info = to_executorch(network, sample[:1], path, quantize=int8,
+                             calibration=calibration, max_batch=args.max_batch)
+        runner = ExecuTorchModel(path, args.threads)
+        err = relative_error(reference, runner(sample))
+        ms = median_latency(runner, sample, args.repeats) * 1e3
+        total = info['delegated'] + info['non_delegated']
+        whole = info['non_delegated'] == 0
+        # detectors / segmentors: only the FPN's upsampling may stay off XNNPACK
+        allowed = whole or (kind in ('detector', 'segmentor')
+                            and set(info['non_delegated_ops']) <= set(PORTABLE_OK))
+        ok = allowed and (int8 or err <= args.tol)
+        failed |= not ok
+        print(f'{"OK  " if ok else "FAIL"} {fmt:<16}{path}: {osp.getsize(path) / 1e6:.1f} MB, '
+              f'lowered in {time.perf_counter() - start:.0f} s; XNNPACK runs '
+              f'{info["delegated"]} of {total} ops in {info["subgraphs"]} subgraph(s)'
+              + (f', left: {info["non_delegated_ops"]}' if not whole else '')
+              + f'; max|diff| / max|eval-mode PyTorch| {err:.1e}'
+              + ('' if int8 else f' (allowed {args.tol:g})')
+              + f'; {ms:.1f} ms for {len(sample)}x3x{shape[0]}x{shape[1]}, '
+              f'{args.threads} threads', flush=True)
+        files[fmt] = path
+    if args.eval and files:
+        if kind == 'backbone':
+            raise SystemExit('--eval needs a whole model (the backbone alone has no metric)')
+        runners = [reference_net] + [ExecuTorchModel(p) for p in files.values()]
+        names = ['pytorch'] + list(files)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables
+            metrics = evaluate_mobile(runners, cfg, model, kind, shape, args.max_batch)
+        scale = 1. if codebase(cfg) == 'mmdet' else 100.  # mmseg, mmpretrain: percent
+        print(f'{"metric":<24}' + ''.join(f'{n:>18}' for n in names))
+        worst, checked = 0., []
+        for key, value in metrics[0].items():
+            try:
+                values = [float(m[key]) / scale for m in metrics]
+            except (TypeError, ValueError):
+                continue  # per-class tables
+            headline = key.endswith(HEADLINE)
+            if headline and 'executorch-int8' in files:
+                worst = max(worst, values[0] - values[names.index('executorch-int8')])
+                checked.append(key)
+            print(f'{key:<24}' + ''.join(f'{v:>18.4f}' for v in values)
+                  + ('' if headline else '  (not checked)'))
+        if checked:
+            ok = worst <= args.max_drop
+            failed |= not ok
+            print(f'{"OK  " if ok else "FAIL"} int8 loses at most {worst:.4f} on '
+                  f'{", ".join(checked)} against PyTorch (allowed {args.max_drop:g})')
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == '__main__':
+    main()
