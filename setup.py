@@ -45,7 +45,7 @@ setup(
         'mmpretrain>=1.2.0,<1.3',
     ],
     extras_require={
-        'tests': ['pytest>=7', 'onnx', 'onnxruntime', 'onnxscript', 'openvino'],
+        'tests': ['pytest>=7', 'onnx', 'onnxruntime', 'onnxscript', 'openvino', 'nncf==3.4.0'],
     },
     zip_safe=False,
 )

@@ -35,8 +35,8 @@ from .onnx_export import (DetectorEnd2End, MaskRCNNEnd2End, SegmentorLabelMap, _
                           swaps_channels)
 
 __all__ = ['ClassifierScores', 'DataloaderCalibration', 'QuantizationError', 'deploy_wrapper',
-           'evaluate_onnx', 'export_for_quantization', 'network_nodes', 'quantize_onnx',
-           'quantized_ops', 'read_kind', 'random_calibration']
+           'evaluate_onnx', 'evaluate_runners', 'export_for_quantization', 'network_nodes',
+           'quantize_onnx', 'quantized_ops', 'read_kind', 'random_calibration']
 
 # The key under which the exporter records the kind of graph in the ONNX file.
 KIND_KEY = 'casvit_mm.kind'
@@ -396,26 +396,33 @@ def evaluate_onnx(paths, cfg, model, shape, threads=None):
     Returns:
         list[dict]: The metrics of each file.
     """
-    from mmengine.evaluator import Evaluator
-    from mmengine.runner import Runner
     kinds = {read_kind(p, allow_quantized=True) for p in paths}
     if len(kinds) != 1 or 'backbone' in kinds:
         raise QuantizationError('evaluation needs whole-model files of one kind, got '
                                 f'{sorted(kinds)}')
-    kind = kinds.pop()
+    sessions = [onnxruntime_session(p, threads) for p in paths]
+    return evaluate_runners([partial(run_onnxruntime, s) for s in sessions], kinds.pop(), cfg,
+                            model, shape)
+
+
+def evaluate_runners(runners, kind, cfg, model, shape):
+    """What :func:`evaluate_onnx` does, for any runtime: each of ``runners``
+    (``images -> list of numpy outputs``, a ``kind`` graph) on the same
+    batches, scored with the config's test evaluator."""
+    from mmengine.evaluator import Evaluator
+    from mmengine.runner import Runner
     loader_cfg = copy.deepcopy(cfg.get('test_dataloader') or cfg.val_dataloader)
     loader_cfg.update(num_workers=0, persistent_workers=False)
     loader = Runner.build_dataloader(loader_cfg)
     evaluator_cfg = copy.deepcopy(cfg.get('test_evaluator') or cfg.val_evaluator)
-    evaluators = [Evaluator(copy.deepcopy(evaluator_cfg)) for _ in paths]
+    evaluators = [Evaluator(copy.deepcopy(evaluator_cfg)) for _ in runners]
     for ev in evaluators:
         ev.dataset_meta = loader.dataset.metainfo
-    sessions = [onnxruntime_session(p, threads) for p in paths]
     align_corners = getattr(getattr(model, 'decode_head', None), 'align_corners', False)
     for data in loader:
         images = batch_images(data, model, kind, shape)
-        for session, ev in zip(sessions, evaluators):
-            outputs = run_onnxruntime(session, images)
+        for run, ev in zip(runners, evaluators):
+            outputs = run(images)
             samples = _predictions(kind, outputs, copy.deepcopy(data['data_samples']),
                                    align_corners)
             ev.process(data_samples=samples, data_batch=data)
