@@ -10,16 +10,21 @@ import pytest
 import torch
 
 from casvit_mm import CASViT
-from casvit_mm.apis import build_model, relative_error
+from casvit_mm.apis import build_model, load_config, relative_error
 from casvit_mm.deploy.bf16 import Bf16Unsupported, is_bf16, to_bf16
 from casvit_mm.deploy.cpu_isa import ISA_FLAGS, cpu_flags, isa, isa_line, native_bf16
 from casvit_mm.models.fusion import switch_model_to_deploy
-from conftest import MASK, ONE_THREAD, REPO, RETINA, run_tool
+from conftest import MASK, ONE_THREAD, REPO, RETINA
 
 # bf16 keeps 8 bits of mantissa (a relative rounding error of 2^-9 per value);
 # through the ~40 layers of CAS-ViT-XS the features moved at most 1.2 % of their
 # scale (measured: 0.4-1.2 % over seeds): the stated tolerance is 3 %.
 BF16_TOL = 0.03
+# Through backbone, FPN and the heads' stacked convolutions (random weights, 64 px)
+# each raw head output moved up to 5 % of its own scale (the smallest-scale output,
+# the last level's box deltas, moves most): stated 10 %. What that costs in the
+# metric is measured on trained models by tools/deployment/bf16_eval.py.
+BF16_HEAD_TOL = 0.1
 SEG_TOY = 'configs/segmentation/fpn_casvit_xs_toy.py'
 
 
@@ -48,7 +53,7 @@ def test_isa_report():
 
 
 @pytest.mark.skipif(native_bf16(), reason='this CPU has native bf16: nothing to refuse')
-def test_bf16_refused_where_emulated(tmp_path):
+def test_bf16_refused_where_emulated():
     """Without the opt-in, a CPU that emulates bf16 refuses bf16 deploy mode
     before touching the model, and the tool says what to do."""
     model = random_bn(CASViT('xs')).eval()
@@ -57,9 +62,6 @@ def test_bf16_refused_where_emulated(tmp_path):
     assert not model.deploy and next(model.parameters()).dtype == torch.float32
     with pytest.raises(Bf16Unsupported):
         to_bf16(model)
-    proc = run_tool_expect_failure('tools/deployment/bf16_eval.py', RETINA,
-                                   str(tmp_path / 'missing.pth'))
-    assert 'does not exist' in proc
     proc = run_tool_expect_failure('tools/deployment/bf16_eval.py', osp.join(REPO, RETINA),
                                    osp.join(REPO, RETINA))  # any existing file: refused first
     assert 'would only emulate bf16' in proc and '--allow-emulated-bf16' in proc, proc
@@ -100,13 +102,17 @@ def test_bf16_whole_model_keeps_float_outside_the_network(config):
     """A whole detector / segmentor in bf16 deploy mode: its network computes
     in bf16, its data preprocessor and post-processing in float32 (boxes,
     scores and masks come back float32, RoIAlign reads float32); the heads'
-    raw outputs stay within BF16_TOL of fp32 deploy mode."""
+    raw outputs stay within BF16_HEAD_TOL of fp32 deploy mode."""
     torch.manual_seed(0)
-    model = random_bn(build_model(osp.join(REPO, config)))
+    cfg = load_config(osp.join(REPO, config))
+    if 'rpn' in cfg.model.test_cfg:  # few RoIs: emulated bf16 is slow, the check is the same
+        cfg.model.test_cfg.rpn.update(nms_pre=100, max_per_img=20)
+        cfg.model.test_cfg.rcnn.max_per_img = 5
+    model = random_bn(build_model(cfg))
     fp32 = switch_model_to_deploy(copy.deepcopy(model))
     bf16 = switch_model_to_deploy(copy.deepcopy(model), bf16=True, allow_emulated_bf16=True)
     assert all(p.dtype == torch.float32 for p in bf16.data_preprocessor.parameters())
-    assert bf16.backbone.stem[0].weight.dtype == torch.bfloat16
+    assert {p.dtype for p in bf16.backbone.parameters()} == {torch.bfloat16}
     x = torch.rand(1, 3, 64, 64) * 255
     from mmdet.testing import demo_mm_inputs
     with torch.no_grad():
@@ -115,7 +121,7 @@ def test_bf16_whole_model_keeps_float_outside_the_network(config):
             ref = fp32.decode_head(fp32.extract_feat(inputs))
             out = bf16.decode_head.forward(bf16.extract_feat(inputs))  # as mmseg's predict
             assert out.dtype == torch.float32
-            assert relative_error(ref, out) < BF16_TOL
+            assert relative_error(ref, out) < BF16_HEAD_TOL
             samples = bf16.predict(inputs)
             assert samples[0].seg_logits.data.dtype == torch.float32
             return
@@ -125,7 +131,7 @@ def test_bf16_whole_model_keeps_float_outside_the_network(config):
         ref = getattr(fp32, head)(fp32.extract_feat(inputs))
         out = getattr(bf16, head)(bf16.extract_feat(inputs))
         assert all(t.dtype == torch.float32 for level in out for t in level)
-        assert relative_error(ref, out) < BF16_TOL
+        assert relative_error(ref, out) < BF16_HEAD_TOL
         result = bf16.test_step(data)[0].pred_instances
     assert result.bboxes.dtype == torch.float32 and result.scores.dtype == torch.float32
     if 'mask_rcnn' in config:

@@ -197,7 +197,7 @@ def evaluate_openvino(paths, cfg, model, shape, threads=None, precision='f32'):
 
 
 def perf_counters(compiled, images, runs=3):
-    """OpenVINO's per-layer counters over ``runs`` inferences (the model
+    """OpenVINO's per-layer counters over ``runs`` inferences after a warm-up (the model
     compiled with ``perf_count=True``), summed by layer type and kernel.
 
     Returns:
@@ -209,6 +209,7 @@ def perf_counters(compiled, images, runs=3):
     if hasattr(images, 'detach'):
         images = images.detach().cpu().contiguous().numpy()
     request = compiled.create_infer_request()
+    request.infer([images])  # warm-up: the first run also creates the kernels
     totals, layers = defaultdict(float), defaultdict(set)
     for _ in range(runs):
         request.infer([images])

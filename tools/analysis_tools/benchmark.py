@@ -489,7 +489,8 @@ def main():
                 model = resnet(int(name[len('resnet'):]))
                 variants += resnet_variants(
                     name, model, args.variants, example,
-                    onnx_runner(model, example, onnx_path(name), args.threads,
+                    # Sequential: mmdet's ResNet.eval() returns None, which the exporter calls
+                    onnx_runner(torch.nn.Sequential(model), example, onnx_path(name), args.threads,
                                 kind='backbone', int8_calib=args.int8_calib),
                     allow_emulated_bf16=emulated)
             run('x'.join(map(str, shape)), variants, args.repeats)
