@@ -1,4 +1,4 @@
-"""Inference speed of CAS-ViT: eval mode vs deploy mode, runtimes and precisions, vs the ResNets.
+"""Inference speed of CAS-ViT in every mode, runtime and precision, against the ResNets.
 
 One process, one stated number of threads. It first prints the CPU model and
 the instruction-set extensions that decide low-precision speed (avx2,
@@ -50,13 +50,13 @@ opset 20, batch dynamic), so fp32, bf16 and int8 differ only by precision.
 Rows:
   backbones at each --inputs, with mmdet's ResNet-18 and ResNet-50 (the same
   output stages) in the same variants where they apply (eval for the PyTorch
-  fp32 ones, bf16, and every ONNX / OpenVINO one). Whole models (--models) built from configs/ with random
-  weights: RetinaNet and Mask R-CNN run ``test_step`` on one 800x1344 image
-  (data preprocessor, network, post-processing with NMS: what tools/test.py
-  runs per image); Semantic FPN maps a 512x512 image to its label map
-  (``SegmentorLabelMap``: normalisation, network, resize, argmax). Eval and
-  deploy differ only in the backbone (and, with test.py--deploy, the FPN
-  lateral convs that absorb its output norms).
+  fp32 ones, bf16, and every ONNX / OpenVINO one). Whole models (--models)
+  built from configs/ with random weights: RetinaNet and Mask R-CNN run
+  ``test_step`` on one 800x1344 image (data preprocessor, network,
+  post-processing with NMS: what tools/test.py runs per image); Semantic FPN
+  maps a 512x512 image to its label map (``SegmentorLabelMap``: normalisation,
+  network, resize, argmax). Eval and deploy differ only in the backbone (and,
+  with test.py--deploy, the FPN lateral convs that absorb its output norms).
 
 Examples:
   # the README table (about 6 minutes on an idle 2-core machine)
@@ -90,9 +90,8 @@ from casvit_mm.apis import build_model, deploy_config, relative_error
 from casvit_mm.deploy.bf16 import Bf16Unsupported, check_bf16, to_bf16
 from casvit_mm.deploy.cpu_isa import isa, isa_line
 from casvit_mm.models.fusion import switch_model_to_deploy
-from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap,
-                                   export_onnx, onnxruntime_session, openvino_model,
-                                   run_onnxruntime, run_openvino)
+from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap, onnxruntime_session,
+                                   run_onnxruntime)
 
 VARIANTS = ['eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy', 'nchw', 'compile',
             'freezing', 'bf16', 'onnx', 'openvino', 'openvino-bf16', 'int8', 'int8-openvino',
