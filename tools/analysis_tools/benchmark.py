@@ -411,10 +411,10 @@ def print_matrix(rows):
         cells = {(r['model'], r['variant']): r['median_ms'] for r in rows if r['input'] == group}
         models = list(dict.fromkeys(m for m, _ in cells))
         used = [v for v in variants if any((m, v) in cells for m in models)]
-        print(f'{group:<24}' + ''.join(f'{v:>15}' for v in used))
+        print(f'{group:<24}' + ''.join(f'{v:>17}' for v in used))
         for m in models:
-            print(f'{m:<24}' + ''.join(f'{cells[(m, v)]:>15.1f}' if (m, v) in cells
-                                       else f'{"-":>15}' for v in used))
+            print(f'{m:<24}' + ''.join(f'{cells[(m, v)]:>17.1f}' if (m, v) in cells
+                                       else f'{"-":>17}' for v in used))
     print(flush=True)
 
 
