@@ -79,7 +79,7 @@ setup(
         'mmpretrain>=1.2.0,<1.3',
     ],
     extras_require={
-        'tests': ['pytest>=7', 'onnx', 'onnxruntime', 'onnxscript', 'openvino',
+        'tests': ['pytest>=7', 'onnx', 'onnxruntime', 'onnxscript', 'openvino', 'nncf==3.4.0',
                   # mobile runtimes (docs/deploy.md, Mobile): 1.4.1 declares torch>=2.13
                   'executorch==1.4.1', 'torchao==0.18.0', 'coremltools==9.0', 'pandas'],
     },

@@ -23,6 +23,7 @@ they share:
   (:func:`fold_output_norms_into_fpn`, called by :func:`switch_model_to_deploy`).
 """
 import weakref
+from functools import lru_cache
 
 import torch
 import torch.nn as nn
@@ -95,10 +96,18 @@ _ACTIVATIONS = {'gelu': F.gelu, 'relu': F.relu, 'sigmoid': torch.sigmoid}
 _PACKED = weakref.WeakKeyDictionary()
 
 
+@lru_cache(maxsize=None)
+def _bf16_kernels():
+    """Whether oneDNN takes bf16 here (AVX-512 or newer; bf16 deploy mode
+    otherwise runs the plain ops in bf16)."""
+    probe = getattr(getattr(torch.ops, 'mkldnn', None), '_is_mkldnn_bf16_supported', None)
+    return bool(probe is not None and probe())
+
+
 def use_fused_kernels(x):
     """Whether :func:`conv_act` / :func:`conv_binary` may fuse on input ``x``."""
     return (_POINTWISE is not None and x.device.type == 'cpu'
-            and x.dtype == torch.float32
+            and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _bf16_kernels()))
             and x.is_contiguous(memory_format=torch.channels_last)
             and not (torch.is_grad_enabled() and x.requires_grad)
             and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
@@ -216,7 +225,7 @@ def fold_output_norms_into_fpn(backbone, neck):
 
 
 def switch_model_to_deploy(model, compile=False, fold_output_norms=True,
-                           channels_last=True):
+                           channels_last=True, bf16=False, allow_emulated_bf16=False):
     """Switch every ``CASViT`` inside ``model`` to deploy mode; return ``model`` in eval mode.
 
     The whole-model form of ``backbone.switch_to_deploy()``: it runs exactly
@@ -245,8 +254,17 @@ def switch_model_to_deploy(model, compile=False, fold_output_norms=True,
         channels_last (bool): Keep the channels-last weights deploy mode
             stores (False: back to NCHW, for layout experiments only; the
             fused kernels then do not run). Defaults to True.
+        bf16 (bool): Run the network in bf16, weights and activations
+            (:func:`casvit_mm.deploy.bf16.to_bf16`: inputs, post-processing
+            and outputs stay float32). Refused on CPUs without AVX512-BF16 /
+            AMX-BF16 unless ``allow_emulated_bf16``. Defaults to False.
+        allow_emulated_bf16 (bool): With ``bf16``, run on a CPU that only
+            emulates bf16 (slow: to measure the accuracy cost anywhere).
     """
     from .casvit import CASViT
+    if bf16:  # refuse before changing anything
+        from ..deploy.bf16 import check_bf16
+        check_bf16(allow_emulated_bf16)
     model.eval()
     inner = getattr(model, 'module', model)  # a (Distributed)DataParallel wrapper
     backbones = [m for m in model.modules() if isinstance(m, CASViT)]
@@ -273,4 +291,7 @@ def switch_model_to_deploy(model, compile=False, fold_output_norms=True,
                              f'arguments, got {compile!r}')
         for backbone in backbones:
             backbone.compile(**kwargs)
+    if bf16:
+        from ..deploy.bf16 import to_bf16
+        to_bf16(model, allow_emulated_bf16)
     return model

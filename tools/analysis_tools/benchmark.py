@@ -1,11 +1,14 @@
-"""Inference speed of CAS-ViT: eval mode vs deploy mode vs the ResNets.
+"""Inference speed of CAS-ViT in every mode, runtime and precision, against the ResNets.
 
-One process, one stated number of threads. For every input it builds the
-variants, warms each up, then times them round-robin (the order rotates every
-round, so a burst of load elsewhere on the machine hits all variants alike)
-and reports the median latency, images per second and speed-ups against the
-eval-mode CAS-ViT of the same input measured in the same run (and against
-ResNet-50 when it is in the run).
+One process, one stated number of threads. It first prints the CPU model and
+the instruction-set extensions that decide low-precision speed (avx2,
+avx512_vnni, avx512_bf16, amx_bf16, amx_int8...): ratios only compare across
+machines with that line. For every input it builds the variants, warms each
+up, then times them round-robin (the order rotates every round, so a burst of
+load elsewhere on the machine hits all variants alike) and reports the median
+latency, images per second and speed-ups against the same model's eval mode
+and fp32 OpenVINO file, and against ResNet-50 in the same variant (same
+runtime and precision) when it is in the run.
 
 Variants (--variants), each from the same random weights:
   eval               the model as trained, in eval mode
@@ -22,7 +25,14 @@ Variants (--variants), each from the same random weights:
   freezing           switch_model_to_deploy(compile='freezing') (Inductor freezing)
   onnx               the deployed network exported and run in onnxruntime (backbones;
                      RetinaNet image -> boxes after NMS; Semantic FPN image -> label map)
-  openvino           the same ONNX file run by OpenVINO (pip install openvino), fp32
+  bf16               switch_model_to_deploy(bf16=True): the fused network in bf16 in
+                     PyTorch (casvit_mm.deploy.bf16); refused, and skipped, on CPUs
+                     without native bf16 unless --allow-emulated-bf16
+  openvino           the same ONNX file run by OpenVINO (pip install openvino),
+                     INFERENCE_PRECISION_HINT f32 (set explicitly: OpenVINO picks
+                     bf16 by itself on CPUs that have it)
+  openvino-bf16      the same ONNX file, INFERENCE_PRECISION_HINT bf16 (the precision
+                     OpenVINO reports it ran is printed: f32 where the CPU lacks bf16)
   int8               the deployed network statically quantized by onnxruntime (what
                      tools/deployment/quantize.py writes: QDQ, int8 weights per channel,
                      uint8 activations, the network's ops only; NMS, decoding, argmax
@@ -40,15 +50,24 @@ Variants (--variants), each from the same random weights:
   executorch-int8    the same, PT2E int8 (XNNPACKQuantizer, symmetric, per-channel),
                      calibrated on --int8-calib random batches (timing only); backbone
                      rows only
+  int8-nncf          the fp32 ONNX file quantized by NNCF for OpenVINO
+                     (casvit_mm.deploy.nncf_int8, what quantize.py --backend openvino
+                     writes), calibrated on --int8-calib random inputs, run with the
+                     f32 hint
+  precision          shorthand for: eval switch_to_deploy bf16 onnx openvino
+                     openvino-bf16 int8 int8-openvino int8-nncf
+Every ONNX variant of a model runs the same export (TorchScript exporter,
+opset 20, batch dynamic), so fp32, bf16 and int8 differ only by precision.
 Rows:
   backbones at each --inputs, with mmdet's ResNet-18 and ResNet-50 (the same
-  output stages, eval). Whole models (--models) built from configs/ with random
-  weights: RetinaNet and Mask R-CNN run ``test_step`` on one 800x1344 image
-  (data preprocessor, network, post-processing with NMS: what tools/test.py
-  runs per image); Semantic FPN maps a 512x512 image to its label map
-  (``SegmentorLabelMap``: normalisation, network, resize, argmax). Eval and
-  deploy differ only in the backbone (and, with test.py--deploy, the FPN
-  lateral convs that absorb its output norms).
+  output stages) in the same variants where they apply (eval for the PyTorch
+  fp32 ones, bf16, and every ONNX / OpenVINO one). Whole models (--models)
+  built from configs/ with random weights: RetinaNet and Mask R-CNN run
+  ``test_step`` on one 800x1344 image (data preprocessor, network,
+  post-processing with NMS: what tools/test.py runs per image); Semantic FPN
+  maps a 512x512 image to its label map (``SegmentorLabelMap``: normalisation,
+  network, resize, argmax). Eval and deploy differ only in the backbone (and,
+  with test.py--deploy, the FPN lateral convs that absorb its output norms).
 
 Examples:
   # the README table (about 6 minutes on an idle 2-core machine)
@@ -61,6 +80,9 @@ Examples:
       --models none --repeats 3
   # INT8 (docs/quantization.md): fp32 and int8 onnxruntime against ResNet-18/50
   python tools/analysis_tools/benchmark.py --variants eval onnx int8 --models retinanet
+  # every precision in every runtime, CAS-ViT-M against ResNet-18/50 (docs/quantization.md)
+  python tools/analysis_tools/benchmark.py --variants precision --models retinanet \
+      --json work_dirs/benchmark_precision.json
 """
 import argparse
 import copy
@@ -76,14 +98,20 @@ import torch
 
 from casvit_mm import CASViT
 from casvit_mm.apis import build_model, deploy_config, relative_error
+from casvit_mm.deploy.bf16 import Bf16Unsupported, check_bf16, to_bf16
+from casvit_mm.deploy.cpu_isa import isa, isa_line
 from casvit_mm.models.fusion import switch_model_to_deploy
-from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap,
-                                   export_onnx, onnxruntime_session, openvino_model,
-                                   run_onnxruntime, run_openvino)
+from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap, onnxruntime_session,
+                                   run_onnxruntime)
 
 VARIANTS = ['eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy', 'nchw', 'compile',
-            'freezing', 'onnx', 'openvino', 'int8', 'int8-openvino', 'mmdeploy', 'executorch',
-            'executorch-int8']
+            'freezing', 'bf16', 'onnx', 'openvino', 'openvino-bf16', 'int8', 'int8-openvino',
+            'int8-nncf', 'mmdeploy', 'executorch', 'executorch-int8']
+PRECISION = ['eval', 'switch_to_deploy', 'bf16', 'onnx', 'openvino', 'openvino-bf16', 'int8',
+             'int8-openvino', 'int8-nncf']
+# Variants that run an exported file, and the ones that need OpenVINO.
+FILE_VARIANTS = ('onnx', 'openvino', 'openvino-bf16', 'int8', 'int8-openvino', 'int8-nncf')
+OPENVINO_VARIANTS = ('openvino', 'openvino-bf16', 'int8-openvino', 'int8-nncf')
 EXECUTORCH = ('executorch', 'executorch-int8')  # mobile runtimes: backbone rows only
 
 MODEL_CONFIGS = {
@@ -106,7 +134,7 @@ def parse_args():
                         choices=list(MODEL_CONFIGS) + ['none'],
                         help='whole models built from the configs; "none" to skip '
                         '(default: retinanet fpn)')
-    parser.add_argument('--variants', nargs='+', choices=VARIANTS,
+    parser.add_argument('--variants', nargs='+', choices=VARIANTS + ['precision'],
                         default=['eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy',
                                  'onnx'], help='see the module doc')
     parser.add_argument('--threads', type=int, default=2, help='torch and onnxruntime '
@@ -122,8 +150,15 @@ def parse_args():
                         'print its N most expensive op types (self CPU time)')
     parser.add_argument('--int8-calib', type=int, default=2, metavar='N',
                         help='random calibration batches of the int8 variant (default 2)')
+    parser.add_argument('--allow-emulated-bf16', action='store_true',
+                        help='time the PyTorch bf16 variant on a CPU without native bf16 '
+                        '(emulated: slow); without it the variant is skipped there')
     parser.add_argument('--json', help='also write the results to this JSON file')
-    return parser.parse_args()
+    args = parser.parse_args()
+    if 'precision' in args.variants:
+        i = args.variants.index('precision')
+        args.variants[i:i + 1] = [v for v in PRECISION if v not in args.variants]
+    return args
 
 
 def parse_shape(text, dims):
@@ -135,17 +170,6 @@ def parse_shape(text, dims):
         raise SystemExit(f'bad shape {text!r}: expected {dims} positive integers joined by '
                          f'"x", e.g. {"1x3x512x512" if dims == 4 else "800x1344"}')
     return shape
-
-
-def cpu_name():
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def loadavg():
@@ -186,7 +210,7 @@ def time_round_robin(variants, warmup, repeats):
     return outputs
 
 
-def fused_copy(base, variant):
+def fused_copy(base, variant, allow_emulated_bf16=False):
     """A deployed copy of ``base`` (a backbone or a whole model) as ``variant`` makes it."""
     model = copy.deepcopy(base)
     backbone = model if isinstance(model, CASViT) else model.backbone
@@ -202,12 +226,14 @@ def fused_copy(base, variant):
             built.load_state_dict(model.state_dict(), strict=True)
             model = built
         return model.eval()
+    if variant == 'bf16':
+        return switch_model_to_deploy(model, bf16=True, allow_emulated_bf16=allow_emulated_bf16)
     compile = {'compile': True, 'freezing': 'freezing'}.get(variant, False)
     return switch_model_to_deploy(model, compile=compile)
 
 
 def casvit_variants(name, base, variants, fn, batch, onnx=None, mmdeploy=None,
-                    executorch=None):
+                    executorch=None, allow_emulated_bf16=False):
     """The requested variants of one CAS-ViT model (a backbone or a whole model).
 
     ``fn(model)`` is what is timed; ``onnx(runtime)``, if given, returns the
@@ -225,43 +251,80 @@ def casvit_variants(name, base, variants, fn, batch, onnx=None, mmdeploy=None,
             if executorch is not None:
                 out.append(Variant(name, variant, executorch(variant), batch, baseline))
             continue
-        if variant in ('onnx', 'openvino', 'int8', 'int8-openvino'):
+        if variant in FILE_VARIANTS:
             if onnx is not None:
                 out.append(Variant(name, variant, onnx(variant), batch, baseline))
             continue
         if variant == 'test.py--deploy' and isinstance(base, CASViT):
             continue  # the same as switch_to_deploy on a bare backbone
-        model = base if variant == 'eval' else fused_copy(base, variant)
+        model = base if variant == 'eval' else fused_copy(base, variant, allow_emulated_bf16)
         out.append(Variant(name, variant, lambda m=model: fn(m), batch, baseline))
     return out
 
 
-def onnx_runner(module, example, path, threads, kind=None, int8_calib=2, output_names=None,
+def resnet_variants(name, model, variants, example, onnx, allow_emulated_bf16=False):
+    """ResNet in the variants that apply to it: eval (its PyTorch fp32), bf16
+    (weights and activations, as for CAS-ViT) and every exported file."""
+    baseline = (name, 'eval')
+    out = [Variant(name, 'eval', lambda: model(example), len(example), baseline)]
+    for variant in variants:
+        if variant == 'bf16':
+            m = to_bf16(copy.deepcopy(model), allow_emulated_bf16)
+            out.append(Variant(name, variant, lambda: m(example), len(example), baseline))
+        elif variant in FILE_VARIANTS:
+            out.append(Variant(name, variant, onnx(variant), len(example), baseline))
+    return out
+
+
+def onnx_runner(module, example, path, threads, kind='backbone', int8_calib=2, output_names=None,
                 **kwargs):
-    """``make(runtime)``: export ``module`` at ``example`` (once), return a
-    callable running the file in onnxruntime (``'onnx'``) or OpenVINO; for
-    ``'int8'`` the ``kind`` of casvit_mm.quantization exported and quantized."""
-    def make(runtime):
-        if runtime in ('int8', 'int8-openvino'):
-            from casvit_mm.quantization import (export_for_quantization, quantize_onnx,
-                                                random_calibration)
-            int8 = path[:-5] + '_int8.onnx'
-            if not osp.isfile(int8):  # one file for both runtimes
-                fp32 = export_for_quantization(module.eval(), example, path[:-5] + '_q.onnx',
-                                               kind, output_names)
-                quantize_onnx(fp32, int8, random_calibration(example, int8_calib))
-            if runtime == 'int8-openvino':
-                model = openvino_model(int8, threads)
-                return lambda: run_openvino(model, example)
-            session = onnxruntime_session(int8, threads, spinning=False)
-            return lambda: run_onnxruntime(session, example)
+    """``make(variant)``: export ``module`` at ``example`` once (TorchScript exporter,
+    opset 20, as casvit_mm.quantization exports), quantize it when a variant
+    asks for int8 (onnxruntime's QDQ file, or NNCF's OpenVINO IR, each once),
+    and return a callable running the file in the variant's runtime and
+    precision. The callable's ``profile(top)`` prints OpenVINO's per-layer
+    counters (OpenVINO variants)."""
+    from casvit_mm.quantization import (export_for_quantization, quantize_onnx,
+                                        random_calibration)
+
+    def fp32():
         if not osp.isfile(path):
-            export_onnx(module.eval(), example, path, **kwargs)
-        if runtime == 'openvino':
-            model = openvino_model(path, threads)
-            return lambda: run_openvino(model, example)
-        session = onnxruntime_session(path, threads, spinning=False)
-        return lambda: run_onnxruntime(session, example)
+            export_for_quantization(module.eval(), example, path, kind, output_names)
+        return path
+
+    def make(variant):
+        file, precision = fp32(), 'f32'
+        if variant in ('int8', 'int8-openvino'):
+            file = path[:-5] + '_int8.onnx'
+            if not osp.isfile(file):  # one file for both runtimes
+                quantize_onnx(fp32(), file, random_calibration(example, int8_calib))
+        elif variant == 'int8-nncf':
+            from casvit_mm.deploy.nncf_int8 import quantize_openvino
+            file = path[:-5] + '_nncf.xml'
+            if not osp.isfile(file):
+                quantize_openvino(fp32(), file, random_calibration(example, int8_calib), kind)
+        elif variant == 'openvino-bf16':
+            precision = 'bf16'
+        if variant in ('onnx', 'int8'):
+            session = onnxruntime_session(file, threads, spinning=False)
+            return lambda: run_onnxruntime(session, example)
+        from casvit_mm.deploy.nncf_int8 import (compile_openvino, effective_precision,
+                                                perf_counters, run_compiled)
+        compiled = compile_openvino(file, threads, precision)
+        EFFECTIVE_PRECISION[variant] = effective_precision(compiled)
+
+        def run():
+            return run_compiled(compiled, example)
+
+        def profile(top):
+            rows = perf_counters(compile_openvino(file, threads, precision, perf_count=True),
+                                 example)
+            total = sum(r[2] for r in rows) or 1
+            for layer, kernel, ms, count in rows[:top]:
+                print(f'  {layer:<24}{kernel:<28}{ms:>10.1f} ms{100 * ms / total:>7.1f} %'
+                      f'{count:>6} layers')
+        run.profile = profile
+        return run
     return make
 
 
@@ -302,6 +365,10 @@ def executorch_runner(network, example, path, threads, int8_calib=2):
     return make
 
 
+# variant -> the precision OpenVINO reported it ran the float ops in
+EFFECTIVE_PRECISION = {}
+
+
 def resnet(depth):
     from mmdet.models.backbones import ResNet
     model = ResNet(depth, out_indices=(0, 1, 2, 3))
@@ -321,17 +388,26 @@ def detector_data(hw):
 # ------------------------------------------------------------------ report
 def summarise(group, variants, outputs):
     medians = {v.key: statistics.median(v.times) for v in variants}
-    resnet50 = medians.get(('resnet50', 'eval'))
     rows = []
     for v in variants:
         med = medians[v.key]
         row = dict(input=group, model=v.model, variant=v.variant,
                    median_ms=round(med * 1e3, 2), images_per_s=round(v.batch / med, 3),
                    latencies_ms=[round(t * 1e3, 2) for t in v.times])
+        if v.variant in EFFECTIVE_PRECISION:
+            row['openvino_precision'] = EFFECTIVE_PRECISION[v.variant]
         if v.baseline in medians:
             row['speedup_vs_eval'] = round(medians[v.baseline] / med, 3)
-        if resnet50 is not None:
-            row['speedup_vs_resnet50'] = round(resnet50 / med, 3)
+        if (v.model, 'openvino') in medians:  # the same model's fp32 file in OpenVINO
+            row['speedup_vs_openvino_f32'] = round(medians[(v.model, 'openvino')] / med, 3)
+        # ResNet-50 in the same runtime and precision (eval: its PyTorch fp32, which
+        # deploy mode's fp32 rows are compared with too)
+        r50 = medians.get(('resnet50', v.variant)) or (
+            medians.get(('resnet50', 'eval')) if v.variant in (
+                'eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy', 'nchw',
+                'compile', 'freezing') else None)
+        if r50 is not None:
+            row['speedup_vs_resnet50'] = round(r50 / med, 3)
         if v.compare and v.key != v.baseline and v.baseline in outputs:
             ref, out = outputs[v.baseline], outputs[v.key]
             if v.compare == 'labels':  # label maps: the fraction of pixels that differ
@@ -344,11 +420,17 @@ def summarise(group, variants, outputs):
 
 
 def profile(variants, top):
-    """Print the ``top`` op types by self CPU time of one run of each variant."""
+    """Print the ``top`` op types by self CPU time of one run of each PyTorch
+    variant, and OpenVINO's per-layer counters (3 runs) of each OpenVINO one."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
     for v in variants:
-        if v.variant in ('onnx', 'openvino', 'int8', 'int8-openvino') + EXECUTORCH:
+        if v.variant in OPENVINO_VARIANTS:
+            print(f'profile of {v.model} {v.variant} (OpenVINO per-layer counters, ms per '
+                  f'run, by layer type and kernel):')
+            v.fn.profile(top)
+            continue
+        if v.variant in FILE_VARIANTS + EXECUTORCH:
             continue
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             v()
@@ -363,18 +445,35 @@ def profile(variants, top):
 
 def print_rows(rows):
     header = (f'{"input":<14}{"model":<22}{"variant":<18}{"median ms":>10}{"img/s":>9}'
-              f'{"x eval":>8}{"x R-50":>8}{"diff":>10}')
+              f'{"x eval":>8}{"x ov32":>8}{"x R-50":>8}{"diff":>10}')
     print(header)
     print('-' * len(header))
+    nan = float('nan')
     for r in rows:
         err = r.get('max_rel_error_vs_eval', r.get('label_mismatch_vs_eval'))
         print(f'{r["input"]:<14}{r["model"]:<22}{r["variant"]:<18}{r["median_ms"]:>10.1f}'
-              f'{r["images_per_s"]:>9.2f}'
-              f'{r.get("speedup_vs_eval", float("nan")):>8.2f}'
-              f'{r.get("speedup_vs_resnet50", float("nan")):>8.2f}'
+              f'{r["images_per_s"]:>9.2f}{r.get("speedup_vs_eval", nan):>8.2f}'
+              f'{r.get("speedup_vs_openvino_f32", nan):>8.2f}'
+              f'{r.get("speedup_vs_resnet50", nan):>8.2f}'
               f'{"" if err is None else f"{err:.1e}":>10}')
-    print('(x R-50: speed-up against ResNet-50 on the same input; diff: max |out - eval| / '
-          'max |eval| of the outputs, or for label maps the fraction of pixels that differ)')
+    print('(x eval: speed-up against the same model in eval mode; x ov32: against its fp32 '
+          'file in OpenVINO (f32 hint); x R-50: against ResNet-50 in the same variant (PyTorch '
+          'fp32 rows: its eval mode); diff: max |out - eval| / max |eval| of the outputs, or '
+          'for label maps the fraction of pixels that differ)')
+    print(flush=True)
+
+
+def print_matrix(rows):
+    """The same medians as a model x variant table (ms), one block per input."""
+    variants = list(dict.fromkeys(r['variant'] for r in rows))
+    for group in dict.fromkeys(r['input'] for r in rows):
+        cells = {(r['model'], r['variant']): r['median_ms'] for r in rows if r['input'] == group}
+        models = list(dict.fromkeys(m for m, _ in cells))
+        used = [v for v in variants if any((m, v) in cells for m in models)]
+        print(f'{group:<24}' + ''.join(f'{v:>17}' for v in used))
+        for m in models:
+            print(f'{m:<24}' + ''.join(f'{cells[(m, v)]:>17.1f}' if (m, v) in cells
+                                       else f'{"-":>17}' for v in used))
     print(flush=True)
 
 
@@ -384,32 +483,48 @@ def main():
     inputs = [] if args.inputs == ['none'] else [parse_shape(s, 4) for s in args.inputs]
     models = [] if 'none' in args.models else args.models
     det_hw, seg_hw = parse_shape(args.det_input, 2), parse_shape(args.seg_input, 2)
-    meta = dict(cpu=cpu_name(), logical_cpus=os.cpu_count(), threads=torch.get_num_threads(),
-                torch=torch.__version__, python=platform.python_version(),
-                loadavg_start=loadavg(), args=vars(args))
+    meta = dict(cpu=isa_line(), isa=isa(), logical_cpus=os.cpu_count(),
+                threads=torch.get_num_threads(), torch=torch.__version__,
+                python=platform.python_version(), loadavg_start=loadavg(), args=vars(args))
     try:
         import onnxruntime
         meta['onnxruntime'] = onnxruntime.__version__
     except ImportError:
         if {'onnx', 'int8'} & set(args.variants):
             raise SystemExit('--variants onnx / int8 need onnxruntime: pip install onnxruntime')
-    if {'openvino', 'int8-openvino'} & set(args.variants):
+    if set(OPENVINO_VARIANTS) & set(args.variants):
         try:
             import openvino
             meta['openvino'] = openvino.__version__
         except ImportError:
-            raise SystemExit('--variants openvino needs OpenVINO: pip install openvino')
+            raise SystemExit('--variants openvino* / int8-nncf need OpenVINO: pip install '
+                             'openvino')
     if set(EXECUTORCH) & set(args.variants):
         try:
             from executorch.version import __version__ as executorch_version
             meta['executorch'] = executorch_version
         except ImportError:
             raise SystemExit('--variants executorch needs ExecuTorch: pip install executorch')
-    print(f'CPU: {meta["cpu"]} ({meta["logical_cpus"]} logical), threads: '
-          f'{meta["threads"]}, torch {meta["torch"]}, load average (1 min) at start: '
-          f'{meta["loadavg_start"]}', flush=True)
+    if 'int8-nncf' in args.variants:
+        try:
+            import nncf
+            meta['nncf'] = nncf.__version__
+        except ImportError:
+            raise SystemExit('--variants int8-nncf needs NNCF: pip install nncf')
+    if 'bf16' in args.variants:
+        try:
+            check_bf16(args.allow_emulated_bf16)
+        except Bf16Unsupported as e:
+            print(f'skipping the PyTorch bf16 variant: {e}')
+            args.variants.remove('bf16')
+    print(meta['cpu'])
+    print(f'threads: {meta["threads"]}, torch {meta["torch"]}, onnxruntime '
+          f'{meta.get("onnxruntime", "-")}, OpenVINO {meta.get("openvino", "-")}, NNCF '
+          f'{meta.get("nncf", "-")}; load average (1 min) at start: {meta["loadavg_start"]}',
+          flush=True)
     torch.manual_seed(0)
     results = []
+    emulated = args.allow_emulated_bf16
 
     def run(group, variants, repeats):
         outputs = time_round_robin(variants, args.warmup, repeats)
@@ -441,12 +556,16 @@ def main():
                     onnx=onnx_runner(fused_copy(base, 'nchw'), example,
                                      onnx_path(f'casvit-{arch}'), args.threads,
                                      kind='backbone', int8_calib=args.int8_calib),
+                    allow_emulated_bf16=emulated,
                     executorch=mobile_runner(base, example, onnx_path(f'casvit-{arch}')))
             for name in args.baselines:
                 model = resnet(int(name[len('resnet'):]))
-                variants.append(Variant(name, 'eval', lambda m=model: m(example), shape[0],
-                                        baseline=(f'casvit-{args.arch[0]}', 'eval'),
-                                        compare=False))
+                variants += resnet_variants(
+                    name, model, args.variants, example,
+                    # Sequential: mmdet's ResNet.eval() returns None, which the exporter calls
+                    onnx_runner(torch.nn.Sequential(model), example, onnx_path(name), args.threads,
+                                kind='backbone', int8_calib=args.int8_calib),
+                    allow_emulated_bf16=emulated)
                 for variant in set(EXECUTORCH) & set(args.variants):  # lowered the same way
                     make = mobile_runner(model, example, onnx_path(name))
                     variants.append(Variant(name, variant, make(variant), shape[0],
@@ -463,7 +582,8 @@ def main():
                         name, base, args.variants, lambda m: SegmentorLabelMap(m)(image), 1,
                         onnx=onnx_runner(SegmentorLabelMap(fused_copy(base, 'nchw')), image,
                                          onnx_path(name), args.threads, kind='segmentor',
-                                         int8_calib=args.int8_calib, output_names=['labels']))
+                                         int8_calib=args.int8_calib, output_names=['labels']),
+                        allow_emulated_bf16=emulated)
                     for v in variants:  # label maps: compare the fraction of pixels
                         v.compare = 'labels'
                     run('x'.join(map(str, image.shape)), variants, args.model_repeats)
@@ -475,18 +595,25 @@ def main():
                     image = data['inputs'][0][None].float()
                     onnx = onnx_runner(DetectorEnd2End(fused_copy(base, 'nchw')), image,
                                        onnx_path(name), args.threads, kind='retinanet',
-                                       int8_calib=args.int8_calib, dynamo=False)
+                                       int8_calib=args.int8_calib)
                 mmdeploy = None
                 if 'mmdeploy' in args.variants:
                     mmdeploy = mmdeploy_runner(base, data, det_hw,
                                                onnx_path(name)[:-5] + '_mmdeploy', args.threads)
                 variants = casvit_variants(
                     name, base, args.variants,
-                    lambda m: m.test_step(data), 1, onnx=onnx, mmdeploy=mmdeploy)
+                    lambda m: m.test_step(data), 1, onnx=onnx, mmdeploy=mmdeploy,
+                    allow_emulated_bf16=emulated)
                 for v in variants:
                     v.compare = False  # detections: thresholds make a diff meaningless
                 run('1x3x' + 'x'.join(map(str, det_hw)), variants, args.model_repeats)
     meta['loadavg_end'] = loadavg()
+    meta['openvino_effective_precision'] = EFFECTIVE_PRECISION
+    if EFFECTIVE_PRECISION:
+        print('precision OpenVINO ran the float ops in, per variant: '
+              + ', '.join(f'{k} {v}' for k, v in EFFECTIVE_PRECISION.items()))
+    print('median ms by model and variant:')
+    print_matrix(results)
     print(f'load average (1 min) at end: {meta["loadavg_end"]}')
     if args.json:
         os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
