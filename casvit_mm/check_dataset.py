@@ -2,7 +2,7 @@
 
 Reads every image and annotation of the config's train / val / test datasets
 through the loading steps of their own pipelines (see
-``casvit_mm.utils.dataset_check`` for what is checked), prints one line per
+``casvit_mm.utils.sample_check`` for what is checked), prints one line per
 problem -- split, dataset, index, file, reason -- and exits with status 1 if
 there is any, 0 otherwise. Run it before a long training job, from anywhere
 (``tools/misc/check_dataset.py`` is the same command in the repository):
@@ -20,7 +20,7 @@ from mmengine.config import Config, DictAction
 
 import casvit_mm  # noqa: F401  (registers CASViT and the casvit_mm:: configs)
 from casvit_mm.utils import DataRootError, check_data_paths, check_datasets
-from casvit_mm.utils.data_check import check_classes
+from casvit_mm.utils.path_check import check_classes
 
 
 def parse_args():

@@ -22,7 +22,7 @@ from mmengine.runner import load_checkpoint
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from casvit_mm import CASViT
-from casvit_mm.apis import build_model, deploy_config, relative_error, reparameterize
+from casvit_mm.cli import build_model, deploy_config, relative_error, reparameterize
 from casvit_mm.models.casvit import AdditiveBlock
 from casvit_mm.models.fusion import switch_model_to_deploy, use_fused_kernels
 from conftest import REPO

@@ -23,7 +23,7 @@ import torch
 from mmengine.config import Config
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from casvit_mm.apis import build_model
+from casvit_mm.cli import build_model
 from casvit_mm.deploy.dispatch import (backend_model, deploy_config, export, pipeline_data,
                                        task_of)
 from casvit_mm.deploy.parity import (classification_agreement, detection_agreement,

@@ -26,7 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 pytest.importorskip('executorch', reason='pip install executorch (the tests extra)')
 
 from casvit_mm import CASViT  # noqa: E402
-from casvit_mm.apis import build_model, load_config, relative_error  # noqa: E402
+from casvit_mm.cli import build_model, load_config, relative_error  # noqa: E402
 from casvit_mm.deploy.mobile import (PORTABLE_OK, ExecuTorchModel,  # noqa: E402
                                      MobileExportError,
                                      MobileNetwork, export_program, host_predictions,

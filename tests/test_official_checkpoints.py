@@ -20,7 +20,7 @@ from mmengine.runner import Runner, load_checkpoint
 
 import casvit_mm  # noqa: F401  (registers CASViT and the safe loader)
 from casvit_mm.checkpoint import CheckpointError, UnsafeCheckpointError, safe_loader_is_registered
-from casvit_mm.apis import build_model
+from casvit_mm.cli import build_model
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
 from conftest import REPO, loader_options
 from reference_casvit import official_forward, official_state_dict
@@ -361,7 +361,7 @@ def test_the_loading_code_does_not_import_the_model():
     configs, is imported by the converter only)."""
     import ast
     folder = osp.join(REPO, 'casvit_mm', 'checkpoint')
-    for name in ('__init__.py', 'backbone.py', 'convert.py', 'safe_load.py',
+    for name in ('__init__.py', 'backbone.py', 'layouts.py', 'safe_load.py',
                  'mmengine_loader.py'):
         tree = ast.parse(open(osp.join(folder, name)).read())
         for node in ast.walk(tree):

@@ -260,7 +260,7 @@ def test_own_classes_classification_with_mmpretrains_train_tool(tmp_path, site_d
     ImageNet-layout classifier file by mmpretrain's own tools/train.py."""
     classes = ('clean', 'crack', 'dent', 'scratch')
     folders_with_classes(str(tmp_path / 'data' / 'my_images'), classes)
-    from casvit_mm.apis import build_model
+    from casvit_mm.cli import build_model
     imagenet = build_model(osp.join(REPO, 'configs/classification/casvit_xs_in1k.py'))
     os.makedirs(tmp_path / 'checkpoints')
     torch.save({'state_dict': imagenet.state_dict()},
@@ -320,7 +320,7 @@ def test_readme_own_project_snippet_as_written(tmp_path, site_dir):
 def three_class_checkpoint(tmp_path_factory):
     """A toy RetinaNet trained (here: initialised) for bolt, nut, washer, saved as an
     mmengine run saves it, training state included so that --resume takes it."""
-    from casvit_mm.apis import build_model
+    from casvit_mm.cli import build_model
     from mmengine.config import Config
     cfg = Config.fromfile(osp.join(REPO, 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'))
     model = build_model(cfg)
@@ -347,7 +347,7 @@ def test_mismatched_head_refused_by_det_inferencer(tmp_path, three_class_checkpo
 
 def test_mismatched_head_refused_without_class_names(tmp_path):
     """A bare state dict (no meta): the class count comes from the shapes."""
-    from casvit_mm.apis import build_model
+    from casvit_mm.cli import build_model
     from mmengine.config import Config
     from mmengine.runner import load_checkpoint
     cfg = Config.fromfile(osp.join(REPO, 'configs/detection/mask_rcnn_casvit_xs.py'))
@@ -454,9 +454,9 @@ def test_classes_the_annotation_file_lacks_are_named(toy, tmp_path, monkeypatch)
 
 
 def test_ade20k_dataset_with_own_classes_points_to_base_seg_dataset():
-    from casvit_mm.apis import load_config
+    from casvit_mm.cli import load_config
     from casvit_mm.utils import DataRootError
-    from casvit_mm.utils.data_check import check_classes
+    from casvit_mm.utils.path_check import check_classes
     cfg = load_config(osp.join(REPO, 'configs/segmentation/fpn_casvit_xs_toy.py'))
     cfg.train_dataloader.dataset.metainfo = dict(classes=('rust', 'paint'))
     with pytest.raises(DataRootError, match=r"type='BaseSegDataset'.*own_project"):
@@ -466,7 +466,7 @@ def test_ade20k_dataset_with_own_classes_points_to_base_seg_dataset():
 def test_check_dataset_command_runs_from_anywhere(toy, tmp_path, elsewhere):
     """The command messages give for listing damaged samples runs where the user is."""
     from casvit_mm.toy_data.coco import cfg_options
-    from casvit_mm.utils.data_check import check_dataset_command
+    from casvit_mm.utils.path_check import check_dataset_command
     config = osp.join(REPO, 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py')
     command = check_dataset_command(config)
     assert command == f'python -m casvit_mm.check_dataset {config}'
@@ -479,7 +479,7 @@ def test_check_dataset_command_runs_from_anywhere(toy, tmp_path, elsewhere):
 
 
 def test_deploy_switch_is_logged(toy, tmp_path, monkeypatch, capsys):
-    from casvit_mm.apis import build_model
+    from casvit_mm.cli import build_model
     from casvit_mm.toy_data.coco import cfg_options
     config = osp.join(REPO, 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py')
     ckpt = tmp_path / 'toy.pth'

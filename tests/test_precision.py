@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from casvit_mm import CASViT
-from casvit_mm.apis import build_model, load_config, relative_error
+from casvit_mm.cli import build_model, load_config, relative_error
 from casvit_mm.deploy.bf16 import Bf16Unsupported, is_bf16, to_bf16
 from casvit_mm.deploy.cpu_isa import ISA_FLAGS, cpu_flags, isa, isa_line, native_bf16
 from casvit_mm.models.fusion import switch_model_to_deploy

@@ -12,7 +12,7 @@ import torch
 from mmengine.optim import OptimWrapper
 from mmengine.runner import Runner, set_random_seed
 
-from casvit_mm.apis import build_model, load_config, relative_error
+from casvit_mm.cli import build_model, load_config, relative_error
 from casvit_mm.onnx_export import export_onnx, onnxruntime_session, run_onnxruntime
 from casvit_mm.quantization import (NETWORK_SCOPES, DataloaderCalibration, QuantizationError,
                                     batch_images, calibration_loader, deploy_wrapper,

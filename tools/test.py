@@ -25,7 +25,7 @@ import argparse
 import os.path as osp
 
 import casvit_mm  # noqa: F401  (registers CASViT in every codebase)
-from casvit_mm.apis import (DeployHook, build_runner, check_data, codebase, config_from_args,
+from casvit_mm.cli import (DeployHook, build_runner, check_data, codebase, config_from_args,
                             enable_tta, enable_visualization, parse_tool_args)
 from casvit_mm.checkpoint.locate import resolve_checkpoint, where_looked
 from casvit_mm.checkpoint.whole_model import StrictCheckpointHook

@@ -22,7 +22,7 @@ import os.path as osp
 import torch
 
 import casvit_mm  # noqa: F401  (registers CASViT in every codebase)
-from casvit_mm.apis import (build_runner, check_checkpoints, check_data, config_from_args,
+from casvit_mm.cli import (build_runner, check_checkpoints, check_data, config_from_args,
                             parse_tool_args)
 from casvit_mm.checkpoint import CheckpointError, check_resumable
 from casvit_mm.engine import (closing_process_group, setup_cpu_distributed,

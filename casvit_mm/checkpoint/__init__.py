@@ -11,7 +11,7 @@ Users bring four layouts (see docs/checkpoints.md):
 
 - :mod:`.safe_load`: read a file with ``weights_only=True`` and an allowlist;
 - :mod:`.mmengine_loader`: route mmengine's local loader through it;
-- :mod:`.convert`: pure, idempotent renaming of official keys;
+- :mod:`.layouts`: pure, idempotent renaming of official keys;
 - :mod:`.backbone`: the ``CASViT`` load hook and ``init_cfg`` loader that
   convert and check, on every loading path;
 - :mod:`.head_check`: refuse tensors of another shape (a head trained for
@@ -24,7 +24,7 @@ imports may import the model; :mod:`.whole_model` builds models and is
 imported on its own (``casvit_mm/__init__.py``, the converter).
 """
 from .backbone import convert_on_load, fit_backbone_state_dict, load_backbone_checkpoint
-from .convert import (CLASSIFIER_KEYS, convert_official, extract_state_dict, infer_arch,
+from .layouts import (CLASSIFIER_KEYS, convert_official, extract_state_dict, infer_arch,
                       is_official_layout, is_whole_model, to_backbone, to_mm_model,
                       to_mmpretrain)
 from .head_check import check_shapes, patch_mmengine_load_state_dict

@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 from mmengine.logging import print_log
 
-from .convert import (CLASSIFIER_KEYS, convert_official, describe_arch, extract_state_dict,
+from .layouts import (CLASSIFIER_KEYS, convert_official, describe_arch, extract_state_dict,
                       group_keys, infer_arch, is_official_layout, strip_prefix)
 from .safe_load import SOURCE_KEY, CheckpointError, read_from, safe_load
 

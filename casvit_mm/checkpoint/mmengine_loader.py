@@ -23,7 +23,7 @@ import os.path as osp
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .convert import is_official_layout, to_mmpretrain
+from .layouts import is_official_layout, to_mmpretrain
 from .locate import SCHEME, model_file, resolve_checkpoint
 from .safe_load import CheckpointError, safe_load, tag_source
 

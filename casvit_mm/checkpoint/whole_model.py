@@ -19,7 +19,7 @@ from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import HOOKS
 
 from ..models import CASViT
-from .convert import convert_official, infer_arch, strip_prefix
+from .layouts import convert_official, infer_arch, strip_prefix
 from .head_check import describe_mismatch, shape_mismatches
 from .safe_load import CheckpointError
 
@@ -69,7 +69,7 @@ def matching_config(state_dict):
 
 def check_fits(state_dict, config):
     """Load ``state_dict`` strictly into the model of ``config``; the error text or None."""
-    from ..apis import build_model
+    from ..cli import build_model
     model = build_model(config)
     try:
         model.load_state_dict(state_dict, strict=True)

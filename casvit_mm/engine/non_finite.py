@@ -32,7 +32,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 
-from ..utils.data_check import check_dataset_command
+from ..utils.path_check import check_dataset_command
 
 EXIT_DIVERGED = 3  # exit status of a run stopped by a non-finite loss or weight
 

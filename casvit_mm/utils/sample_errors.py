@@ -15,7 +15,7 @@ unchanged; ``tools/train.py`` applies it to every config.
 from mmcv.transforms import BaseTransform
 from mmengine.registry import TRANSFORMS
 
-from .data_check import check_dataset_command
+from .path_check import check_dataset_command
 
 FILE_KEYS = ('img_path', 'seg_map_path', 'ann_path')
 

@@ -97,7 +97,7 @@ import time
 import torch
 
 from casvit_mm import CASViT
-from casvit_mm.apis import build_model, deploy_config, relative_error
+from casvit_mm.cli import build_model, deploy_config, relative_error
 from casvit_mm.deploy.bf16 import Bf16Unsupported, check_bf16, to_bf16
 from casvit_mm.deploy.cpu_isa import isa, isa_line
 from casvit_mm.models.fusion import switch_model_to_deploy

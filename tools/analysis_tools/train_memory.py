@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from casvit_mm.apis import build_model
+from casvit_mm.cli import build_model
 
 
 def parse_args():

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from casvit_mm.apis import build_model, check_data, codebase, load_config
+from casvit_mm.cli import build_model, check_data, codebase, load_config
 from casvit_mm.deploy.accuracy import evaluate_models, metric_drop
 from casvit_mm.deploy.bf16 import Bf16Unsupported, check_bf16
 from casvit_mm.deploy.cpu_isa import isa_line

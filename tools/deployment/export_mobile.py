@@ -41,7 +41,7 @@ import time
 import torch
 
 from casvit_mm import CASViT
-from casvit_mm.apis import build_model, check_data, codebase, load_config, relative_error
+from casvit_mm.cli import build_model, check_data, codebase, load_config, relative_error
 from casvit_mm.deploy.mobile import (DEFAULT_MAX_BATCH, FORMATS, PORTABLE_OK, ExecuTorchModel,
                                      MobileExportError, MobileNetwork, calibration_batches,
                                      evaluate_mobile, mobile_kind, mobile_network,

@@ -48,7 +48,7 @@ import sys
 import torch
 
 from casvit_mm import CASViT
-from casvit_mm.apis import build_model, relative_error
+from casvit_mm.cli import build_model, relative_error
 from casvit_mm.onnx_export import (DetectorEnd2End, MaskRCNNEnd2End, SegmentorLabelMap,
                                    export_onnx, matched_pairs, onnxruntime_session,
                                    run_onnxruntime)

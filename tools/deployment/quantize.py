@@ -41,7 +41,7 @@ import sys
 import time
 
 from casvit_mm import CASViT
-from casvit_mm.apis import build_model, check_data, codebase, load_config, relative_error
+from casvit_mm.cli import build_model, check_data, codebase, load_config, relative_error
 from casvit_mm.deploy.accuracy import metric_drop
 from casvit_mm.onnx_export import (match_detections, onnxruntime_session, openvino_model,
                                    run_onnxruntime, run_openvino)

@@ -20,7 +20,7 @@ import os.path as osp
 
 import torch
 
-from casvit_mm.apis import reparameterize
+from casvit_mm.cli import reparameterize
 
 
 def parse_args():

@@ -1,5 +1,8 @@
-"""What the command-line tools share, importable (as ``mmdet.apis`` is for mmdet's
-tools), so the tools stay thin and the tests exercise exactly what they run.
+"""What the command-line tools in ``tools/`` share, importable, so the tools stay
+thin and the tests exercise exactly what they run.
+
+Not named ``apis``: in mmdet and mmseg ``apis`` is what users call for inference
+(``init_detector``, ``DetInferencer``); this package is the tools' plumbing.
 
 - :mod:`.build`: build a model from a config without touching the network,
   compare outputs, fuse a trained checkpoint (export, benchmark, converters).

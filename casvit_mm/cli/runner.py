@@ -20,7 +20,7 @@ from mmengine.runner import Runner
 from ..registry import MODEL_SCOPES
 from .build import load_config
 from ..utils import DataRootError, check_data_paths
-from ..utils.data_check import check_classes
+from ..utils.path_check import check_classes
 
 __all__ = ['DeployHook', 'build_runner', 'check_checkpoints', 'check_data', 'codebase',
            'config_from_args',
