@@ -79,7 +79,7 @@ def test_imagenet_checkpoint_into_dense_backbone(tmp_path):
     path = tmp_path / 'cas-vit-xs.pth'
     torch.save(checkpoint, path)
     model = CASViT(arch='xs')
-    log = load_backbone_checkpoint(model, str(path))['message']
+    log = load_backbone_checkpoint(model, str(path))
     model.eval()
     assert 'official layout' in log
     assert 'output norms norm0, norm1, norm2, norm3' in log
@@ -136,7 +136,7 @@ def test_out_indices_subset_uses_only_requested_norms(tmp_path):
     path = tmp_path / 'xs.pth'
     torch.save(official, path)
     model = CASViT(arch='xs', out_indices=(1, 3))
-    log = load_backbone_checkpoint(model, str(path))['message']
+    log = load_backbone_checkpoint(model, str(path))
     assert 'output norms of stages not in out_indices norm0, norm2' in log
     model.eval()
     ref = official_forward(official, torch.zeros(1, 3, 64, 64), 'xs')
@@ -262,8 +262,89 @@ def test_mmpretrain_classifier_checkpoint_into_dense_backbone(tmp_path):
     path = tmp_path / 'casvit-xs_in1k.pth'
     torch.save(dict(state_dict=to_mmpretrain(official)), path)
     model = CASViT(arch='xs')
-    log = load_backbone_checkpoint(model, str(path))['message']
+    log = load_backbone_checkpoint(model, str(path))
     assert 'output norms norm0, norm1, norm2, norm3' in log and 'unused: classifier norm' in log
     torch.testing.assert_close(model.norm3.weight, torch.ones(220))
     torch.testing.assert_close(model.stages[3][1].mlp.fc2.weight,
                                official['network.6.1.mlp.fc2.weight'])
+
+
+# ------------------------------------------------- the layout table (layouts.py)
+def _layouts():
+    """``{name: state dict}`` of every layout a user may bring, for arch 'xs'."""
+    official_cls = official_state_dict('xs', classifier=True)
+    official_dense = official_state_dict('xs')
+    mm_cls = to_mmpretrain(official_cls)
+    mm_dense = to_backbone(official_dense)
+    return {
+        'official classifier': official_cls,
+        'official dense backbone': official_dense,
+        'official whole model': dict({f'backbone.{k}': v for k, v in official_dense.items()},
+                                     **{'neck.lateral_convs.0.conv.weight': torch.zeros(1)}),
+        'mmpretrain classifier': mm_cls,
+        'bare backbone': mm_dense,
+        'DataParallel bare backbone': {f'module.{k}': v for k, v in mm_dense.items()},
+        'DataParallel whole model': dict({f'module.backbone.{k}': v for k, v in mm_dense.items()},
+                                         **{'module.neck.fpn_convs.0.weight': torch.zeros(1)}),
+    }
+
+
+# input layout -> (keys of backbone_part + to_backbone: what a dense CASViT loads,
+#                  is_classifier, is_whole_model)
+LAYOUT_TABLE = [
+    ('official classifier', 'dense', True, False),
+    ('official dense backbone', 'dense', False, False),
+    ('official whole model', 'dense', False, True),
+    ('mmpretrain classifier', 'dense-no-output-norms', True, False),
+    ('bare backbone', 'dense', False, False),
+    ('DataParallel bare backbone', 'dense', False, False),
+    ('DataParallel whole model', 'dense', False, True),
+]
+
+
+@pytest.mark.parametrize('layout, keys, classifier, whole', LAYOUT_TABLE,
+                         ids=[row[0] for row in LAYOUT_TABLE])
+def test_layout_table(layout, keys, classifier, whole):
+    """Each layout -> the keys a dense backbone reads; every conversion applied twice
+    equals once; the classifier / whole-model tests and the arch agree."""
+    from casvit_mm.checkpoint import layouts
+    sd = _layouts()[layout]
+    own = CASViT('xs').state_dict()
+    backbone = layouts.to_backbone(sd)
+    expected = set(own)
+    if layout in ('official classifier', 'mmpretrain classifier'):
+        # an ImageNet file has no dense output norms (norm0-2); the classifier's BN
+        # (official ``norm``) is dropped, or kept as ``norm3`` once converted
+        keep = 'norm3.' if layout == 'mmpretrain classifier' else None
+        expected = {k for k in expected
+                    if not layouts.OUTPUT_NORM.match(k) or (keep and k.startswith(keep))}
+    assert set(backbone) == expected
+    assert layouts.is_classifier(sd) == classifier
+    assert layouts.is_whole_model(sd) == whole
+    assert layouts.arch_name(sd, CASViT.arch_settings) == 'xs'
+    assert layouts.describe_arch(sd, CASViT.arch_settings).startswith("arch 'xs'")
+    assert not layouts.key_diff(own, backbone).mismatched
+    for convert in (layouts.to_backbone, layouts.to_mmpretrain, layouts.backbone_part,
+                    layouts.unwrap, layouts.convert_official, layouts.to_mm_model,
+                    layouts.classifier_norm_unused):
+        once = convert(sd)
+        twice = convert(once)
+        assert list(twice) == list(once), convert.__name__
+        assert all(twice[k] is once[k] for k in once), convert.__name__
+
+
+def test_layout_key_diff_and_renames():
+    from casvit_mm.checkpoint import layouts
+    own = {'a.weight': torch.zeros(2), 'b.num_batches_tracked': torch.zeros(()),
+           'c.weight': torch.zeros(3), 'skip.me': torch.zeros(1)}
+    given = {'c.weight': torch.zeros(4), 'd.weight': torch.zeros(1), 'skip.x': torch.zeros(1)}
+    diff = layouts.key_diff(own, given, skip=('skip.', ))
+    assert diff.missing == ['a.weight']  # BN counters are never required
+    assert diff.unexpected == ['d.weight']
+    assert diff.mismatched == [('c.weight', (4, ), (3, ))]
+    official = official_state_dict('xs')
+    renames = dict(layouts.module_renames(official, layouts.to_backbone(official)))
+    assert renames['network.0.0.mlp.fc1'] == 'stages.0.0.mlp.fc1'
+    assert renames['network.1.proj'] == 'downsamples.0.0'
+    assert renames['norm6'] == 'norm3'
+    assert layouts.module_renames(renames, renames) == []

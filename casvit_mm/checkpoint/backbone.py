@@ -14,16 +14,18 @@ an ImageNet classifier has no dense output norms (they stay at init) and its
 classifier (``norm``, ``head``, ``dist_head``) is unused; output norms of
 stages not in ``out_indices`` are unused. Everything is logged.
 """
-import re
 from collections import OrderedDict
+from typing import Optional, Tuple
 
+import torch.nn as nn
 from mmengine.logging import print_log
 
-from .layouts import (CLASSIFIER_KEYS, convert_official, describe_arch, extract_state_dict,
-                      group_keys, infer_arch, is_official_layout, strip_prefix)
-from .safe_load import SOURCE_KEY, CheckpointError, read_from, safe_load
+from .layouts import (BACKBONE_PREFIX, CLASSIFIER_KEYS, MM_CLASSIFIER_NORM, OUTPUT_NORM,
+                      backbone_part, classifier_norm_unused, convert_official, describe_arch,
+                      extract_state_dict, format_mismatched, group_keys, has_prefix,
+                      is_classifier, is_official_layout, key_diff, output_norms, strip_prefix)
+from .safe_load import READ_FROM_KEY, SOURCE_KEY, CheckpointError, safe_load
 
-OUTPUT_NORM = re.compile(r'norm\d\.')
 INIT_CFG_ADVICE = (
     'The official CAS-ViT ImageNet file: download it and convert it there (docs/checkpoints.md), '
     'or point the backbone at your copy: model.backbone.init_cfg.checkpoint=PATH (in the '
@@ -31,18 +33,18 @@ INIT_CFG_ADVICE = (
     'model.backbone.init_cfg=None to train from scratch.')
 
 
-def _module(key):
-    return key.split('.', 1)[0]
-
-
 def _describe_model(model, prefix=''):
     where = f" (module {prefix.rstrip('.')!r} of the model)" if prefix else ''
-    return (f'CASViT(arch={model.arch_name}) (depths {model.depths}, widths '
-            f'{model.widths}){where}')
+    arch = f'arch={model.arch_name!r}' if model.arch_name else 'a custom arch'
+    return f'CASViT({arch}) (depths {model.depths}, widths {model.widths}){where}'
 
 
-def fit_backbone_state_dict(model, state_dict, source=None, prefix='', from_classifier=False,
-                            what=None):
+def fit_backbone_state_dict(model: nn.Module,
+                            state_dict: dict,
+                            source: Optional[str] = None,
+                            prefix: str = '',
+                            from_classifier: bool = False,
+                            what: Optional[str] = None) -> Tuple[OrderedDict, str]:
     """Convert ``state_dict`` (keys relative to the backbone) and check it fits ``model``.
 
     Args:
@@ -55,9 +57,9 @@ def fit_backbone_state_dict(model, state_dict, source=None, prefix='', from_clas
         what (str, optional): How messages name the input, when not a file.
 
     Returns:
-        tuple[OrderedDict, dict]: the tensors to load (output norms absent from
-        the checkpoint filled with the model's current ones) and a report with
-        ``layout``, ``kept`` (keys left at init), ``unused`` and ``message``.
+        tuple[OrderedDict, str]: the tensors to load (output norms absent from
+        the checkpoint filled with the model's current ones) and the log line
+        saying what was loaded, kept at init and left unused.
 
     Raises:
         CheckpointError: shapes differ, blocks are missing or left over.
@@ -66,36 +68,31 @@ def fit_backbone_state_dict(model, state_dict, source=None, prefix='', from_clas
     layout = 'official' if is_official_layout(state_dict) else 'casvit-mm'
     sd = convert_official(state_dict, classifier=model.global_pool)
     if from_classifier and not model.global_pool:
-        sd = OrderedDict((f'norm.{k[len("norm3."):]}' if k.startswith('norm3.') else k, v)
-                         for k, v in sd.items())
+        sd = classifier_norm_unused(sd)
     own = model.state_dict()
-
-    mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items()
-                  if k in own and v.shape != own[k].shape]
-    if mismatched:
-        first = '; '.join(f'{k}: checkpoint {a} vs model {b}' for k, a, b in mismatched[:3])
+    diff = key_diff(own, sd)
+    if diff.mismatched:
         raise CheckpointError(
-            f'{what} does not fit {_describe_model(model, prefix)}: {len(mismatched)} '
-            f'tensors differ in shape, first {first}. The checkpoint looks like '
-            f'{describe_arch(*infer_arch(sd), model.arch_settings)}: set arch to match it.')
+            f'{what} does not fit {_describe_model(model, prefix)}: {len(diff.mismatched)} '
+            f'tensors differ in shape, first {format_mismatched(diff.mismatched)}. The '
+            f'checkpoint looks like {describe_arch(sd, model.arch_settings)}: set arch to '
+            f'match it.')
 
-    own_norms = {_module(k) for k in own if OUTPUT_NORM.match(k)}
-    given_norms = {_module(k) for k in sd if OUTPUT_NORM.match(k)}
-    if (not model.global_pool and given_norms == {'norm3'} and own_norms - given_norms
-            and not any(k.startswith(CLASSIFIER_KEYS) for k in sd)):
+    own_norms, given_norms = output_norms(own), output_norms(sd)
+    if (not model.global_pool and given_norms == output_norms([MM_CLASSIFIER_NORM])
+            and own_norms - given_norms and not has_prefix(sd, CLASSIFIER_KEYS)):
         # A converted classifier (mmpretrain layout) whose only norm is the
         # classifier's BN: like the official dense model, keep output norms at init.
-        sd = OrderedDict((f'norm.{k[len("norm3."):]}' if k.startswith('norm3.') else k, v)
-                         for k, v in sd.items())
+        sd = classifier_norm_unused(sd)
         given_norms = set()
     unused_norms = [k for k in sd if OUTPUT_NORM.match(k) and k not in own]
     unused_cls = [k for k in sd if k.startswith(CLASSIFIER_KEYS) and k not in own]
     kept = []
     if not given_norms & own_norms:  # an ImageNet file: no dense output norms at all
         kept = [k for k in own if OUTPUT_NORM.match(k)]
-    missing = [k for k in own if k not in sd and k not in kept
-               and not k.endswith('num_batches_tracked')]
-    unexpected = [k for k in sd if k not in own and k not in unused_norms + unused_cls]
+    diff = key_diff(own, sd)
+    missing = [k for k in diff.missing if k not in kept]
+    unexpected = [k for k in diff.unexpected if k not in unused_norms + unused_cls]
     if missing or unexpected:
         hint = (' Did you give the right prefix (init_cfg prefix="backbone." for a whole '
                 'detector or segmentor file)?' if not prefix else '')
@@ -103,7 +100,7 @@ def fit_backbone_state_dict(model, state_dict, source=None, prefix='', from_clas
             f'{what} does not fit {_describe_model(model, prefix)}: {len(missing)} tensors '
             f'missing (first: {missing[:3]}), {len(unexpected)} left over (first: '
             f'{unexpected[:3]}). The checkpoint looks like '
-            f'{describe_arch(*infer_arch(sd), model.arch_settings)}.{hint}')
+            f'{describe_arch(sd, model.arch_settings)}.{hint}')
 
     fitted = OrderedDict((k, v) for k, v in sd.items() if k in own)
     for k in own:  # kept at init, and BN counters the checkpoint does not have
@@ -122,8 +119,7 @@ def fit_backbone_state_dict(model, state_dict, source=None, prefix='', from_clas
     message = (f'CASViT{" " + repr(prefix.rstrip(".")) if prefix else ""}: loaded {loaded} '
                f'tensors from {source or "a state dict"} ({layout} layout)'
                + ('; ' + '; '.join(notes) if notes else ''))
-    return fitted, dict(layout=layout, kept=kept, missing=kept,
-                        unexpected=unused_cls + unused_norms, message=message)
+    return fitted, message
 
 
 def _fits_as_is(model, local):
@@ -132,38 +128,43 @@ def _fits_as_is(model, local):
             and all(v.shape == own[k].shape for k, v in local.items()))
 
 
-def convert_on_load(module, state_dict, prefix, local_metadata, strict, missing_keys,
-                    unexpected_keys, error_msgs):
+def convert_on_load(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict,
+                    strict: bool, missing_keys: list, unexpected_keys: list,
+                    error_msgs: list) -> None:
     """Load-state-dict pre-hook of ``CASViT``: convert and check its keys in place."""
     keys = [k for k in state_dict if k.startswith(prefix)]
-    if not keys or getattr(module, 'deployed', False):
+    if not keys or module.deploy:
         return  # nothing for the backbone here, or a folded model with its own keys
     local = OrderedDict((k[len(prefix):], state_dict[k]) for k in keys)
     if _fits_as_is(module, local):
         return
     source = (local_metadata or {}).get(SOURCE_KEY)
-    what = None
-    if source is None and read_from(local.values()) is not None:
-        # e.g. PretrainedInit with a prefix, which drops the state dict's metadata
-        what = f'The state dict read from {read_from(local.values())!r}'
+    read_from, what = (local_metadata or {}).get(READ_FROM_KEY), None
+    if source is None and read_from is not None:
+        # mmengine's PretrainedInit with a prefix: a new dict, tagged with its file
+        # by mmengine_loader.load_checkpoint_with_prefix
+        what = f'The state dict read from {read_from!r}'
     from_classifier, others = False, []
-    if not prefix and any(k.startswith('backbone.') for k in local):
+    if not prefix and has_prefix(local, BACKBONE_PREFIX):
         # A whole classifier or detector given to the bare backbone (a list
         # init_cfg without prefix): take its backbone, leave the rest unused.
-        from_classifier = any(k.startswith('head.') for k in local)
-        others = [k for k in local if not k.startswith('backbone.')]
-        local = strip_prefix(local, 'backbone.')
-    fitted, report = fit_backbone_state_dict(module, local, source, prefix,
-                                             from_classifier=from_classifier, what=what)
+        from_classifier = is_classifier(local)
+        others = [k for k in local if not k.startswith(BACKBONE_PREFIX)]
+        local = backbone_part(local)
+    fitted, message = fit_backbone_state_dict(module, local, source, prefix,
+                                              from_classifier=from_classifier, what=what)
     if others:
-        report['message'] += f'; unused: the rest of the whole model {group_keys(others)}'
+        message += f'; unused: the rest of the whole model {group_keys(others)}'
     for k in keys:
         del state_dict[k]
     state_dict.update((prefix + k, v) for k, v in fitted.items())
-    print_log(report['message'], logger='current')
+    print_log(message, logger='current')
 
 
-def load_backbone_checkpoint(model, path, prefix=None, logger='current'):
+def load_backbone_checkpoint(model: nn.Module,
+                             path: str,
+                             prefix: Optional[str] = None,
+                             logger: str = 'current') -> str:
     """Load any supported checkpoint file into a ``CASViT`` (its ``init_cfg`` path).
 
     Args:
@@ -174,28 +175,26 @@ def load_backbone_checkpoint(model, path, prefix=None, logger='current'):
             given, a ``module.`` or ``backbone.`` prefix is detected and stripped.
 
     Returns:
-        dict: the report of :func:`fit_backbone_state_dict`.
+        str: the log line of :func:`fit_backbone_state_dict` (what was loaded).
 
     Raises:
         CheckpointError: the file is missing, corrupt, unsafe, or does not fit
             the model (a shape mismatch, or blocks missing or left over).
     """
-    if getattr(model, 'deployed', False):
+    if model.deploy:
         raise CheckpointError('Load checkpoints before switch_to_deploy(), not after.')
     state_dict = extract_state_dict(safe_load(path, advice=INIT_CFG_ADVICE), repr(path))
-    from_classifier = any(k.startswith(('head.', 'dist_head.')) for k in state_dict)
+    from_classifier = is_classifier(state_dict)
     if prefix:
-        if not any(k.startswith(prefix) for k in state_dict):
+        if not has_prefix(state_dict, prefix):
             raise CheckpointError(
                 f'{path!r} has no keys under prefix {prefix!r} (its keys start with '
                 f'{sorted({k.split(".")[0] for k in state_dict})[:8]}); fix init_cfg.prefix.')
         state_dict = strip_prefix(state_dict, prefix)
     else:
-        for auto in ('module.', 'backbone.'):
-            if any(k.startswith(auto) for k in state_dict):
-                state_dict = strip_prefix(state_dict, auto)
-    fitted, report = fit_backbone_state_dict(model, state_dict, str(path),
-                                             from_classifier=from_classifier)
+        state_dict = backbone_part(state_dict)
+    fitted, message = fit_backbone_state_dict(model, state_dict, str(path),
+                                              from_classifier=from_classifier)
     model.load_state_dict(fitted, strict=True)
-    print_log(report['message'], logger=logger)
-    return report
+    print_log(message, logger=logger)
+    return message

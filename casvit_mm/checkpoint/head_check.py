@@ -23,7 +23,11 @@ behaviour (a warning when training; ``StrictCheckpointHook`` refuses them in
 hook (:mod:`.backbone`), which converts official layouts and checks them.
 """
 from collections import Counter
+from typing import List, Optional, Sequence, Tuple
 
+import torch.nn as nn
+
+from .layouts import format_mismatched, key_diff
 from .safe_load import CheckpointError
 
 _ORIGINAL = {}
@@ -36,22 +40,19 @@ def _unwrap(model):
     return model
 
 
-def _self_checking_prefixes(model):
-    """Prefixes of the CAS-ViT backbones, which convert and check their own keys."""
+def self_checking_prefixes(model: nn.Module) -> Tuple[str, ...]:
+    """Prefixes of the CAS-ViT backbones, which convert and check their own keys
+    (found by class name: this package never imports the model)."""
     return tuple(f'{name}.' for name, m in model.named_modules()
                  if name and type(m).__name__ == 'CASViT')
 
 
-def shape_mismatches(model, state_dict):
+def shape_mismatches(model: nn.Module, state_dict: dict) -> List[Tuple[str, tuple, tuple]]:
     """``[(key, checkpoint shape, model shape)]`` of tensors present in both."""
     model = _unwrap(model)
     if type(model).__name__ == 'CASViT':  # a backbone loaded on its own checks itself
         return []
-    skip = _self_checking_prefixes(model)
-    own = model.state_dict()
-    return [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
-            if k in own and not k.startswith(skip) and hasattr(v, 'shape')
-            and tuple(v.shape) != tuple(own[k].shape)]
+    return key_diff(model.state_dict(), state_dict, self_checking_prefixes(model)).mismatched
 
 
 def _owning_head(model, key):
@@ -80,12 +81,15 @@ def _implied_classes(own, given, num_classes):
     return None
 
 
-def describe_mismatch(model, mismatched, source=None, classes=None):
+def describe_mismatch(model: nn.Module,
+                      mismatched: List[Tuple[str, tuple, tuple]],
+                      source: Optional[str] = None,
+                      classes: Optional[Sequence[str]] = None) -> str:
     """The message for tensors of another shape: a class-count mismatch when heads
     explain it, with what to do; otherwise the tensors and their shapes."""
     model = _unwrap(model)
     what = f'Checkpoint {source!r}' if source else 'The state dict being loaded'
-    shapes = '; '.join(f'{k}: checkpoint {a} vs model {b}' for k, a, b in mismatched[:3])
+    shapes = format_mismatched(mismatched)
     heads, votes = {}, Counter()
     for key, given, own in mismatched:
         path, head = _owning_head(model, key)
@@ -127,15 +131,14 @@ def _check_backbones_first(model, state_dict, source):
     "looks like arch 'm'"), which explains a neck of other widths too."""
     from .backbone import fit_backbone_state_dict
     for name, module in model.named_modules():
-        if name and type(module).__name__ == 'CASViT' and not getattr(module, 'deployed',
-                                                                     False):
+        if name and type(module).__name__ == 'CASViT' and not module.deploy:
             prefix = name + '.'
             local = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
             if local:
                 fit_backbone_state_dict(module, local, source, prefix)
 
 
-def check_shapes(model, state_dict):
+def check_shapes(model: nn.Module, state_dict: dict) -> None:
     """Raise :class:`CheckpointError` when a tensor of ``state_dict`` has another
     shape than the model's tensor of the same name."""
     mismatched = shape_mismatches(model, state_dict)
@@ -154,7 +157,7 @@ def checked_load_state_dict(module, state_dict, strict=False, logger=None):
     return _ORIGINAL['load_state_dict'](module, state_dict, strict=strict, logger=logger)
 
 
-def patch_mmengine_load_state_dict():
+def patch_mmengine_load_state_dict() -> None:
     """Route ``mmengine.runner.checkpoint.load_state_dict`` through :func:`check_shapes`
     (idempotent)."""
     from mmengine.runner import checkpoint

@@ -15,6 +15,7 @@ downloaded (mmengine's ``CheckpointLoader`` scheme, like its ``mmcls://``).
 """
 import os
 import os.path as osp
+from typing import List, Tuple, Union
 
 MIM_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), '.mim')
 SCHEME = 'casvit_mm://'
@@ -46,7 +47,7 @@ def candidates(path):
     return [osp.join(d, path) for d in search_dirs()]
 
 
-def resolve_checkpoint(path):
+def resolve_checkpoint(path: Union[str, os.PathLike]) -> str:
     """The existing file ``path`` names (see :func:`search_dirs`), or ``path``
     unchanged when none exists or it is a URL."""
     path = os.fspath(path)
@@ -58,7 +59,7 @@ def resolve_checkpoint(path):
     return path
 
 
-def where_looked(path):
+def where_looked(path: Union[str, os.PathLike]) -> str:
     """``'a, b'``: the candidates of ``path``, for messages."""
     return ', '.join(candidates(path))
 
@@ -80,7 +81,7 @@ def _pretrained_paths(node, where):
             yield from _pretrained_paths(value, f'{where}.{i}')
 
 
-def missing_checkpoints(cfg):
+def missing_checkpoints(cfg) -> List[Tuple[str, str, str]]:
     """``[(config key, path, where looked)]`` of the checkpoints a training run of
     ``cfg`` would read (``init_cfg`` Pretrained, ``model.pretrained``, ``load_from``)
     that exist nowhere. URLs and ``casvit_mm://`` names are left to their loaders."""

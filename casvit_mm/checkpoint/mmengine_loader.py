@@ -17,15 +17,24 @@ checkpoint (``state_dict`` with ``backbone.*`` and ``head.head`` /
 ``tools/test.py`` work with the file as downloaded; a backbone loaded from it
 drops the classifier in its load hook. URLs and other schemes are left to
 mmengine (nothing is downloaded here).
+
+``init_cfg=dict(type='Pretrained', prefix=...)`` reads the file through
+mmengine's ``_load_checkpoint_with_prefix``, which returns a new plain dict of the
+keys under the prefix: the file's name is lost, and a backbone that does not fit
+could only say "the state dict being loaded". :func:`load_checkpoint_with_prefix`
+is that function, with the new dict tagged with its file.
 """
 import os.path as osp
 
 from mmengine.logging import print_log
+from mmengine.runner import checkpoint as mmengine_checkpoint
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .layouts import is_official_layout, to_mmpretrain
+from .layouts import is_classifier, is_official_layout, to_mmpretrain
 from .locate import SCHEME, model_file, resolve_checkpoint
-from .safe_load import CheckpointError, safe_load, tag_source
+from .safe_load import CheckpointError, safe_load, tag_part, tag_source
+
+_ORIGINAL = {}
 
 
 def as_mmpretrain_if_official_classifier(checkpoint, filename):
@@ -34,15 +43,14 @@ def as_mmpretrain_if_official_classifier(checkpoint, filename):
         return checkpoint
     weights = checkpoint.get('model') if isinstance(checkpoint.get('model'), dict) \
         else checkpoint
-    if not (is_official_layout(weights)
-            and any(k.startswith(('head.', 'dist_head.')) for k in weights)):
+    if not (is_official_layout(weights) and is_classifier(weights)):
         return checkpoint
     print_log(f'{filename}: an official CAS-ViT ImageNet checkpoint, read as an mmpretrain '
               f'classifier (backbone.*, head.head, head.dist_head)', logger='current')
     return dict(state_dict=to_mmpretrain(weights), meta=dict(converted_from=filename))
 
 
-def load_from_local_weights_only(filename, map_location=None):
+def load_from_local_weights_only(filename: str, map_location=None) -> dict:
     """mmengine's local loader, with ``weights_only=True`` and an allowlist.
 
     (mmengine logs ``Loads checkpoint by local_weights_only backend``: the name
@@ -53,7 +61,7 @@ def load_from_local_weights_only(filename, map_location=None):
     return tag_source(as_mmpretrain_if_official_classifier(checkpoint, filename), filename)
 
 
-def load_from_model_index(filename, map_location=None):
+def load_from_model_index(filename: str, map_location=None) -> dict:
     """``casvit_mm://NAME``: the weights of model NAME (``get_model(NAME, pretrained=True)``),
     ``checkpoints/NAME.pth`` where you run or in the casvit-mm checkout. No download.
 
@@ -70,19 +78,30 @@ def load_from_model_index(filename, map_location=None):
     return tag_source(as_mmpretrain_if_official_classifier(checkpoint, path), path)
 
 
-def register_safe_loader():
-    """Replace mmengine's loader for local paths and add ``casvit_mm://`` (idempotent)."""
+def load_checkpoint_with_prefix(prefix: str, filename: str, map_location=None) -> dict:
+    """mmengine's ``_load_checkpoint_with_prefix``, its result tagged with ``filename``."""
+    state_dict = _ORIGINAL['with_prefix'](prefix, filename, map_location=map_location)
+    path = osp.expanduser(filename) if '://' not in filename else filename
+    return tag_part(state_dict, path)
+
+
+def register_safe_loader() -> None:
+    """Replace mmengine's loader for local paths, add ``casvit_mm://`` and name the
+    file of a prefixed ``Pretrained`` read (idempotent)."""
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only,
                                      force=True)
     CheckpointLoader.register_scheme(prefixes=SCHEME, loader=load_from_model_index, force=True)
+    if mmengine_checkpoint._load_checkpoint_with_prefix is not load_checkpoint_with_prefix:
+        _ORIGINAL.setdefault('with_prefix', mmengine_checkpoint._load_checkpoint_with_prefix)
+        mmengine_checkpoint._load_checkpoint_with_prefix = load_checkpoint_with_prefix
 
 
-def safe_loader_is_registered():
+def safe_loader_is_registered() -> bool:
     return CheckpointLoader._get_checkpoint_loader('any/local/file.pth') is \
         load_from_local_weights_only
 
 
-def check_resumable(path):
+def check_resumable(path: str) -> None:
     """Raise ``CheckpointError`` when ``path`` cannot be resumed by mmengine's Runner.
 
     Why: an official file (mmcv 1.x, mmdet 2.24 / mmseg 0.24) has the weights

@@ -17,8 +17,8 @@ import os
 import os.path as osp
 import pickle
 import re
-import weakref
 from collections import OrderedDict
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -26,22 +26,9 @@ from mmengine.logging import print_log
 
 TRUSTED_ENV = 'CASVIT_MM_TRUSTED_CHECKPOINTS'
 SOURCE_KEY = 'casvit_mm_source'  # in state_dict._metadata entries: the file they came from
-
-
-# The file tag_source saw last and (weakly) its tensors: lets messages name the file
-# of a state dict whose metadata a loader dropped, and only when it really is that file.
-# (Tensors compare elementwise, so they are found by id, checked by identity.)
-_LAST_READ = dict(path=None, tensors={})
-
-
-def read_from(tensors):
-    """The file the given tensors were last read from by mmengine's loader, or None."""
-    seen = _LAST_READ['tensors']
-    for tensor in tensors:
-        ref = seen.get(id(tensor))
-        if ref is not None and ref() is tensor:
-            return _LAST_READ['path']
-    return None
+# ... the file a part of it (the keys under a prefix) was read from, by mmengine's
+# PretrainedInit with a prefix (mmengine_loader.load_checkpoint_with_prefix)
+READ_FROM_KEY = 'casvit_mm_read_from'
 
 
 class CheckpointError(ValueError):
@@ -69,7 +56,7 @@ NUMPY_DTYPES = ('float16', 'float32', 'float64', 'int8', 'int16', 'int32', 'int6
                 'uint8', 'uint16', 'uint32', 'uint64', 'bool')
 
 
-def safe_globals():
+def safe_globals() -> list:
     """What official and mmengine checkpoints hold besides tensors and containers."""
     from mmengine.logging.history_buffer import HistoryBuffer
     allowed = [argparse.Namespace, np.dtype, np.ndarray, HistoryBuffer,
@@ -105,7 +92,9 @@ GENERIC_ADVICE = ('Give the path of a downloaded official CAS-ViT .pth or of a c
                   'written by tools/train.py (see docs/checkpoints.md).')
 
 
-def safe_load(path, map_location='cpu', advice=GENERIC_ADVICE):
+def safe_load(path: Union[str, os.PathLike],
+              map_location: Union[str, torch.device, None] = 'cpu',
+              advice: str = GENERIC_ADVICE) -> Any:
     """Load a checkpoint file with ``weights_only=True``; explain every failure.
 
     A relative ``path`` is looked for where you run, then in the casvit-mm
@@ -154,32 +143,35 @@ class SourceMetadata(OrderedDict):
     """A state dict's ``_metadata`` that also tells every module the file it came from.
 
     ``load_state_dict`` hands each module ``metadata.get(prefix)``; adding the
-    source there lets the CAS-ViT load hook name the file in its errors. It also
-    keeps the class names the checkpoint was trained with (``meta.dataset_meta``),
-    which the head check (:mod:`.head_check`) reports when a head does not fit.
-    Pickles as a plain ``OrderedDict`` so re-saved state dicts stay loadable.
+    source there (under ``key``: :data:`SOURCE_KEY`, or :data:`READ_FROM_KEY`
+    for a part of a file) lets the CAS-ViT load hook name the file in its errors.
+    It also keeps the class names the checkpoint was trained with
+    (``meta.dataset_meta``), which the head check (:mod:`.head_check`) reports
+    when a head does not fit. Pickles as a plain ``OrderedDict`` so re-saved
+    state dicts stay loadable.
     """
 
-    def __init__(self, entries, source, classes=None):
+    def __init__(self, entries, source, classes=None, key=SOURCE_KEY):
         super().__init__(entries)
         self.source = source
         self.classes = classes
+        self.key = key
 
     def get(self, key, default=None):
         entry = super().get(key, default)
-        return {**(entry or {}), SOURCE_KEY: self.source}
+        return {**(entry or {}), self.key: self.source}
 
     def __reduce__(self):
-        return OrderedDict, (list(self.items()),)
+        return OrderedDict, (list(self.items()), )
 
 
-def _tag(state_dict, path, classes=None):
+def _tag(state_dict, path, classes=None, key=SOURCE_KEY):
     if not any(isinstance(v, torch.Tensor) for v in state_dict.values()):
         return state_dict
     if type(state_dict) is dict:  # a plain dict takes no attributes
         state_dict = OrderedDict(state_dict)
     state_dict._metadata = SourceMetadata(getattr(state_dict, '_metadata', None) or {}, path,
-                                          classes)
+                                          classes, key)
     return state_dict
 
 
@@ -193,7 +185,7 @@ def trained_classes(checkpoint):
     return tuple(classes) if isinstance(classes, (list, tuple)) and classes else None
 
 
-def tag_source(checkpoint, path):
+def tag_source(checkpoint: Any, path: str) -> Any:
     """Record ``path`` (and the trained classes) in the ``_metadata`` of the
     checkpoint's state dict(s)."""
     if not isinstance(checkpoint, dict):
@@ -202,8 +194,9 @@ def tag_source(checkpoint, path):
     for key in ('state_dict', 'model'):
         if isinstance(checkpoint.get(key), dict):
             checkpoint[key] = _tag(checkpoint[key], path, classes)
-    state_dict = checkpoint.get('state_dict', checkpoint)
-    _LAST_READ['path'] = path
-    _LAST_READ['tensors'] = {id(v): weakref.ref(v) for v in state_dict.values()
-                             if isinstance(v, torch.Tensor)}
     return _tag(checkpoint, path, classes)
+
+
+def tag_part(state_dict: dict, path: str) -> dict:
+    """Record that ``state_dict`` is a part of the file ``path`` (see :data:`READ_FROM_KEY`)."""
+    return _tag(state_dict, path, key=READ_FROM_KEY)

@@ -26,8 +26,10 @@ import re
 
 import torch
 
-from casvit_mm.checkpoint import (CheckpointError, extract_state_dict, is_whole_model,
-                                  safe_load, to_backbone, to_mm_model, to_mmpretrain)
+from casvit_mm.checkpoint import CheckpointError, safe_load
+from casvit_mm.checkpoint.layouts import (BACKBONE_PREFIX, backbone_part, extract_state_dict,
+                                          is_classifier, is_whole_model, module_renames,
+                                          to_backbone, to_mm_model, to_mmpretrain, unwrap)
 
 TARGETS = ('auto', 'mmpretrain', 'backbone', 'model')
 
@@ -67,13 +69,11 @@ def convert(src, target='auto', ema=False):
         if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get('model_ema'), dict)):
             raise CheckpointError(f"{src!r} has no 'model_ema' weights; drop --ema.")
         checkpoint = checkpoint['model_ema']
-    state_dict = extract_state_dict(checkpoint, repr(src))
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v
-                  for k, v in state_dict.items()}
+    state_dict = unwrap(extract_state_dict(checkpoint, repr(src)))
     if target == 'auto':
         if is_whole_model(state_dict):
             target = 'model'
-        elif any(k.startswith(('head.', 'dist_head.')) for k in state_dict):
+        elif is_classifier(state_dict):
             target = 'mmpretrain'
         else:  # an official dense backbone (norm0/2/4/6, no classifier)
             target = 'backbone'
@@ -81,26 +81,17 @@ def convert(src, target='auto', ema=False):
         if not is_whole_model(state_dict):
             raise CheckpointError(f'{src!r} is not a whole detector/segmentor (no backbone. '
                                   f'and head keys); use --target mmpretrain or backbone.')
-        converted, renames = to_mm_model(state_dict)
+        converted = to_mm_model(state_dict)
+        renames = [(BACKBONE_PREFIX + a, BACKBONE_PREFIX + b) for a, b in module_renames(
+            backbone_part(state_dict), backbone_part(converted))]
     else:
         converted = (to_mmpretrain if target == 'mmpretrain' else to_backbone)(state_dict)
-        renames = _renames(state_dict, converted)
+        renames = module_renames(state_dict, converted)
     out_meta = dict(converted_from=osp.basename(src), target=target)
     dataset_meta = _dataset_meta(meta)
     if dataset_meta:
         out_meta['dataset_meta'] = dataset_meta
     return dict(state_dict=converted, meta=out_meta), renames
-
-
-def _renames(old, new):
-    """Module-level renames between two state dicts converted key by key, in order."""
-    seen = {}
-    old_keys = [k for k in old if not k.startswith(('norm.', 'head.', 'dist_head.'))
-                or len(old) == len(new)]
-    for a, b in zip(old_keys, new):
-        if a != b:
-            seen.setdefault(a.rsplit('.', 1)[0], b.rsplit('.', 1)[0])
-    return list(seen.items())
 
 
 def print_renames(renames):
@@ -120,14 +111,27 @@ def print_renames(renames):
         print(f'  {old} -> {new}')
 
 
+def check_fits(state_dict, config):
+    """Load ``state_dict`` strictly into the model of ``config``; the error text or None."""
+    from casvit_mm.cli import build_model
+    model = build_model(config)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except (RuntimeError, ValueError) as e:
+        lines = str(e).strip().splitlines()
+        return ' '.join(line.strip() for line in lines[:4])[:600]
+    return None
+
+
 def check_config(state_dict, config):
     """Strict load into ``config`` (given, or the one the keys point to).
 
     A given config that does not fit is a ``CheckpointError`` saying which one
     fits; when the tool picked the config itself, a misfit is printed as a note.
     """
-    from casvit_mm.checkpoint.whole_model import CONFIG_ROOT, check_fits, matching_config
-    match, why = matching_config(state_dict)
+    from casvit_mm.checkpoint.whole_model import CONFIG_ROOT, matching_config
+    from casvit_mm.models import CASViT
+    match, why = matching_config(state_dict, CASViT.arch_settings)
     given = config is not None
     if not given:
         if match is None:
