@@ -13,7 +13,7 @@ mmpretrain  VisualizationHook              DumpResults (a .pkl file)
 =========== ============================== =====================================
 
 ``--deploy`` switches the model to deploy mode after the checkpoint is loaded
-(``casvit_mm.models.fusion.switch_model_to_deploy``: the backbone's
+(``casvit_mm.deploy.switch.switch_model_to_deploy``: the backbone's
 ``switch_to_deploy()``, the fused fast path, plus its output norms folded into
 the FPN), to test the model that will be deployed. A fused checkpoint
 (``tools/model_converters/casvit_reparameterize.py``) is tested with the
@@ -25,11 +25,11 @@ import argparse
 import os.path as osp
 
 import casvit_mm  # noqa: F401  (registers CASViT in every codebase)
-from casvit_mm.cli import (DeployHook, build_runner, check_data, codebase, config_from_args,
-                            enable_tta, enable_visualization, parse_tool_args)
 from casvit_mm.checkpoint.locate import resolve_checkpoint, where_looked
-from casvit_mm.checkpoint.whole_model import StrictCheckpointHook
-from casvit_mm.engine import closing_process_group, setup_cpu_distributed, use_stop_signals
+from casvit_mm.cli import (build_runner, check_data, codebase, config_from_args, enable_tta,
+                           enable_visualization, parse_tool_args)
+from casvit_mm.engine import (DeployHook, StrictCheckpointHook, closing_process_group,
+                              setup_cpu_distributed, use_stop_signals)
 
 
 def parse_args():
@@ -56,7 +56,7 @@ def main():
     args = parse_args()
     switch_to_deploy = None
     if args.deploy:  # fail before building anything when the function is missing
-        from casvit_mm.models.fusion import switch_model_to_deploy as switch_to_deploy
+        from casvit_mm.deploy.switch import switch_model_to_deploy as switch_to_deploy
     # a relative path: where you run, then in the casvit-mm checkout
     args.checkpoint = resolve_checkpoint(args.checkpoint)
     if not osp.isfile(args.checkpoint):

@@ -10,11 +10,11 @@ Not named ``apis``: in mmdet and mmseg ``apis`` is what users call for inference
   runner, and the per-codebase switches of ``tools/test.py``.
 """
 from .build import build_model, deploy_config, load_config, relative_error, reparameterize
-from .runner import (DeployHook, build_runner, check_checkpoints, check_data, codebase,
+from .runner import (build_runner, check_checkpoints, check_data, codebase,
                      config_from_args,
                      enable_tta, enable_visualization, parse_tool_args)
 
-__all__ = ['DeployHook', 'build_model', 'build_runner', 'check_checkpoints', 'check_data',
+__all__ = ['build_model', 'build_runner', 'check_checkpoints', 'check_data',
            'codebase',
            'config_from_args', 'deploy_config', 'enable_tta', 'enable_visualization',
            'load_config', 'parse_tool_args', 'relative_error', 'reparameterize']

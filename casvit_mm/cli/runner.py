@@ -12,8 +12,6 @@ import os.path as osp
 
 import torch
 from mmengine.config import ConfigDict, DictAction
-from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
@@ -22,7 +20,7 @@ from .build import load_config
 from ..utils import DataRootError, check_data_paths
 from ..utils.path_check import check_classes
 
-__all__ = ['DeployHook', 'build_runner', 'check_checkpoints', 'check_data', 'codebase',
+__all__ = ['build_runner', 'check_checkpoints', 'check_data', 'codebase',
            'config_from_args',
            'enable_tta', 'enable_visualization', 'parse_tool_args']
 
@@ -141,24 +139,3 @@ def enable_tta(cfg):
                          'retinanet_tta.py defines both for RetinaNet).')
     cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-
-
-class DeployHook(Hook):
-    """Switch to deploy mode once the checkpoint is in: ``Runner.test`` loads the
-    checkpoint after ``before_run`` and before the test loop's ``before_test``."""
-    priority = 'VERY_HIGH'
-
-    def __init__(self, switch):
-        self.switch = switch
-
-    def before_test(self, runner):
-        from mmengine.logging import print_log
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        self.switch(model)
-        switched = [name or 'model' for name, m in model.named_modules()
-                    if type(m).__name__ == 'CASViT' and getattr(m, 'deployed', False)]
-        if not switched:
-            raise RuntimeError('--deploy: the model has no CASViT that switched to deploy '
-                               'mode; test without --deploy.')
-        print_log(f'--deploy: testing the deploy-mode model ({", ".join(switched)} switched '
-                  f'to fused blocks)', logger='current')

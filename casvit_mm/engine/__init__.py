@@ -1,11 +1,11 @@
 """Training-engine pieces for long jobs: atomic checkpoints, CPU mixed
 precision, multi-process runs on CPUs and mmengine's ``compile`` option.
 
-Importing this package registers ``AtomicCheckpointHook``,
-``PlainParamGroupsHook``, ``NonFiniteLossHook`` and ``PreemptionHook``
-(mmengine HOOKS), ``ResumableEpochBasedTrainLoop`` (mmengine LOOPS),
-``CPUAmpOptimWrapper`` (mmengine OPTIM_WRAPPERS) and ``NameBadSample``
-(mmengine TRANSFORMS); these registries are the parents of mmdet's, mmseg's
+Every hook of this package lives here. Importing it registers
+``AtomicCheckpointHook``, ``PlainParamGroupsHook``, ``NonFiniteLossHook``,
+``PreemptionHook``, ``StrictCheckpointHook`` and ``DeployHook`` (mmengine HOOKS),
+``ResumableEpochBasedTrainLoop`` (mmengine LOOPS) and ``CPUAmpOptimWrapper``
+(mmengine OPTIM_WRAPPERS); these registries are the parents of mmdet's, mmseg's
 and mmpretrain's, so the names resolve under any default scope.
 """
 from .atomic_checkpoint import (AtomicCheckpointHook, atomic_write, commit_file,
@@ -13,18 +13,19 @@ from .atomic_checkpoint import (AtomicCheckpointHook, atomic_write, commit_file,
 from .compile import PlainParamGroupsHook, use_compile_fixes
 from .cpu_amp import CPUAmpOptimWrapper
 from .cpu_dist import closing_process_group, setup_cpu_distributed
+from .deploy_hook import DeployHook
 from .guards import use_long_run_guards, use_stop_signals
 from .non_finite import EXIT_DIVERGED, NonFiniteLossHook, TrainingDiverged
 from .preemption import (EXIT_INTERRUPTED, EXIT_PREEMPTED, Interrupted, Preempted,
                          PreemptionHook, ResumableEpochBasedTrainLoop)
+from .strict_checkpoint import StrictCheckpointHook
 from .worker_signals import use_signal_safe_workers
-# NameBadSample: tools/train.py wraps loading steps in it, so a dumped config names it.
-from ..utils import sample_errors  # noqa: F401,E402
 
-__all__ = ['AtomicCheckpointHook', 'CPUAmpOptimWrapper', 'EXIT_DIVERGED', 'EXIT_INTERRUPTED',
-           'EXIT_PREEMPTED', 'Interrupted', 'NonFiniteLossHook', 'PlainParamGroupsHook',
-           'Preempted', 'PreemptionHook',
-           'ResumableEpochBasedTrainLoop', 'TrainingDiverged', 'atomic_write',
-           'closing_process_group', 'commit_file',
-           'setup_cpu_distributed', 'use_atomic_checkpoints', 'use_compile_fixes',
-           'use_long_run_guards', 'use_signal_safe_workers', 'use_stop_signals']
+__all__ = [
+    'AtomicCheckpointHook', 'CPUAmpOptimWrapper', 'DeployHook', 'EXIT_DIVERGED',
+    'EXIT_INTERRUPTED', 'EXIT_PREEMPTED', 'Interrupted', 'NonFiniteLossHook',
+    'PlainParamGroupsHook', 'Preempted', 'PreemptionHook', 'ResumableEpochBasedTrainLoop',
+    'StrictCheckpointHook', 'TrainingDiverged', 'atomic_write', 'closing_process_group',
+    'commit_file', 'setup_cpu_distributed', 'use_atomic_checkpoints', 'use_compile_fixes',
+    'use_long_run_guards', 'use_signal_safe_workers', 'use_stop_signals'
+]
