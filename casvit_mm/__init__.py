@@ -12,13 +12,14 @@ head trained for other classes) instead of warning, and adds this package's mode
 """
 from mmengine.config.utils import MODULE2PACKAGE
 
-from . import engine  # noqa: F401  (registers the atomic-checkpoint hook, CPU amp, ...)
+from . import engine  # noqa: F401  (registers every hook, CPU amp, ...)
 from .checkpoint import patch_mmengine_load_state_dict, register_safe_loader
-from .checkpoint import whole_model  # noqa: F401  (registers StrictCheckpointHook)
 from .deploy import mmdeploy_compat
+from .deploy.switch import switch_model_to_deploy
 from .model_index import register_model_index
-from .models import CASViT, switch_model_to_deploy
+from .models import CASViT
 from .registry import REGISTERED_SCOPES, register_all
+from .utils import sample_errors  # noqa: F401  (registers the NameBadSample transform)
 from .version import __version__
 
 register_all(models=[CASViT])

@@ -117,7 +117,7 @@ def model_kind(model, backbone_only=False):
 def deploy_wrapper(model, kind):
     """The deployed (``switch_model_to_deploy``, NCHW) copy of ``model`` in
     the tensor-in / tensor-out wrapper that exports ``kind``."""
-    from .models.fusion import switch_model_to_deploy
+    from .deploy.switch import switch_model_to_deploy
     if kind == 'backbone':
         return switch_model_to_deploy(copy.deepcopy(model.backbone), channels_last=False)
     deployed = switch_model_to_deploy(copy.deepcopy(model), channels_last=False)

@@ -149,7 +149,8 @@ def _deploy_hook():
 
     def build_pytorch_model(self, *args, **kwargs):
         model = original(self, *args, **kwargs)
-        from ..models import CASViT, switch_model_to_deploy
+        from ..models import CASViT
+        from .switch import switch_model_to_deploy
         if any(isinstance(m, CASViT) for m in model.modules()):
             switch_model_to_deploy(model, channels_last=False)
         return model

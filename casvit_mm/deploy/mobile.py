@@ -161,7 +161,7 @@ def mobile_network(model: nn.Module, kind: str) -> MobileNetwork:
     by :class:`ExportGroupNorm`.
     """
     from casvit_mm import CASViT
-    from casvit_mm.models.fusion import switch_model_to_deploy
+    from casvit_mm.deploy.switch import switch_model_to_deploy
     source = model.backbone if kind == 'backbone' and hasattr(model, 'backbone') else model
     if not any(isinstance(m, CASViT) for m in source.modules()):
         raise MobileExportError(f'{type(model).__name__} has no CASViT inside: the mobile '

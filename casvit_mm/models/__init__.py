@@ -1,4 +1,8 @@
-from .casvit import CASViT
-from .fusion import switch_model_to_deploy
+"""The CAS-ViT backbone (:mod:`.casvit`) and its fusion arithmetic (:mod:`.fusion`).
 
-__all__ = ['CASViT', 'switch_model_to_deploy']
+The whole-model deploy switch lives with the deploy code:
+:func:`casvit_mm.deploy.switch.switch_model_to_deploy`.
+"""
+from .casvit import CASViT
+
+__all__ = ['CASViT']

@@ -11,16 +11,16 @@ Each module of :mod:`casvit_mm.models.casvit` fuses itself in its own
 ``switch_to_deploy()`` (as mmpretrain's MobileOne and timm's RepViT do) with
 the arithmetic below; ``CASViT(deploy=True)`` builds the fused structure
 directly, so that a fused checkpoint reloads strictly. This module holds what
-they share:
+they share, and imports no model:
 
 * exact BatchNorm folding (in float64, then cast back);
 * :func:`conv_act` / :func:`conv_binary`: ``act(conv(x))``, ``conv(x) + y``
   and ``conv(x) * y`` as one oneDNN kernel on channels-last CPU tensors
   (:func:`use_fused_kernels`), with weights pre-packed once for oneDNN
-  (:func:`packed_weight`), else as plain ops;
-* the whole-model step that needs two models' parts at once: folding the
-  backbone's output norms into an FPN's 1x1 lateral convs
-  (:func:`fold_output_norms_into_fpn`, called by :func:`switch_model_to_deploy`).
+  (:func:`packed_weight`), else as plain ops.
+
+The whole-model switch (every CAS-ViT of a detector, the output norms folded
+into its FPN, bf16) is :func:`casvit_mm.deploy.switch.switch_model_to_deploy`.
 """
 import weakref
 from functools import lru_cache
@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ['bn_affine', 'fold_bn_into_conv', 'fold_bn_into_next_1x1', 'use_fused_kernels',
-           'packed_weight', 'conv_plain', 'conv_act', 'conv_binary', 'conv_out', 'set_conv',
-           'switch_model_to_deploy', 'fold_output_norms_into_fpn']
+           'packed_weight', 'conv_plain', 'conv_act', 'conv_binary', 'conv_out', 'set_conv']
 
 
 # ------------------------------------------------------------ BN arithmetic
@@ -168,130 +167,3 @@ def conv_out(conv, x, shortcut, fused):
     if shortcut is None:
         return conv_plain(conv, x, fused)
     return conv_binary(conv, x, shortcut, 'add', fused)
-
-
-# ------------------------------------------------------- whole-model helpers
-def _fpn_consumers(neck, num_outs):
-    """How an mmdet/mmseg ``FPN`` reads each backbone output position.
-
-    Returns ``{position: conv}`` for outputs read only by a plain 1x1 lateral
-    conv, ``{position: None}`` for outputs the FPN never reads, or ``None``
-    when ``neck`` is not such an FPN.
-    """
-    needed = ('lateral_convs', 'start_level', 'backbone_end_level', 'add_extra_convs')
-    if not all(hasattr(neck, name) for name in needed) or len(neck.in_channels) != num_outs:
-        return None
-    consumers = {}
-    for pos in range(num_outs):
-        if not neck.start_level <= pos < neck.backbone_end_level:
-            consumers[pos] = None  # the FPN skips this input
-            continue
-        if neck.add_extra_convs == 'on_input' and pos == neck.backbone_end_level - 1:
-            continue  # also read by a padded 3x3 extra conv: folding is not exact there
-        lateral = neck.lateral_convs[pos - neck.start_level]
-        conv = getattr(lateral, 'conv', lateral)
-        if (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1)
-                and conv.groups == 1 and tuple(conv.padding) == (0, 0)):
-            consumers[pos] = conv
-    return consumers
-
-
-@torch.no_grad()
-def fold_output_norms_into_fpn(backbone, neck):
-    """Fold the backbone's output BNs into the FPN's 1x1 lateral convs.
-
-    Only where exact: the lateral conv is 1x1 without padding and nothing else
-    reads that output (with ``add_extra_convs='on_input'`` the last output
-    also feeds a padded 3x3 conv, so its norm stays). The norm of an output
-    the FPN never reads (below ``start_level``) is dropped. Folded and dropped
-    norms become ``nn.Identity``: the backbone's own outputs change, the
-    model's do not. Returns the stage indices whose norm was removed.
-    """
-    consumers = _fpn_consumers(neck, len(backbone.out_indices))
-    removed = []
-    for pos, conv in (consumers or {}).items():
-        stage = backbone.out_indices[pos]
-        norm = getattr(backbone, f'norm{stage}')
-        if not isinstance(norm, _BatchNorm):
-            continue
-        if conv is not None:
-            w, b = fold_bn_into_next_1x1(conv.weight, conv.bias, norm)
-            like = conv.weight
-            conv.weight = nn.Parameter(w.view_as(like).to(like), requires_grad=False)
-            conv.bias = nn.Parameter(b.to(like), requires_grad=False)
-        setattr(backbone, f'norm{stage}', nn.Identity())
-        removed.append(stage)
-    return removed
-
-
-def switch_model_to_deploy(model, compile=False, fold_output_norms=True,
-                           channels_last=True, bf16=False, allow_emulated_bf16=False):
-    """Switch every ``CASViT`` inside ``model`` to deploy mode; return ``model`` in eval mode.
-
-    The whole-model form of ``backbone.switch_to_deploy()``: it runs exactly
-    that on every CAS-ViT (the same fused blocks, channels-last weights and
-    fused kernels as ``CASViT(deploy=True)``), then does what needs the
-    neighbouring modules too. Works on a bare backbone, a detector, a
-    segmentor or a classifier (an inferencer: ``switch_model_to_deploy(
-    inferencer.model)``); ``tools/test.py --deploy`` calls it. Outputs equal
-    the eval-mode model's up to float rounding; the model can no longer train.
-
-    Args:
-        model (nn.Module): The model; changed in place.
-        compile (bool | str | dict): Also ``torch.compile`` each CAS-ViT:
-            ``True`` with the defaults, ``'freezing'`` with Inductor's
-            ``freezing`` option (weights become constants and are pre-packed
-            for oneDNN; needs ``torch.no_grad()`` / ``inference_mode`` at call
-            time to take effect), a ``dict`` as keyword arguments of
-            ``torch.compile``. Compiling takes about a minute and again for
-            every new input shape: worth it for a fixed input size.
-            Defaults to False.
-        fold_output_norms (bool): Where ``model.neck`` is an FPN directly fed
-            by ``model.backbone``, fold the backbone's output BNs into its 1x1
-            lateral convs (see :func:`fold_output_norms_into_fpn`). The model's
-            outputs do not change, but its state dict then no longer fits a
-            ``deploy=True`` config. Defaults to True.
-        channels_last (bool): Keep the channels-last weights deploy mode
-            stores (False: back to NCHW, for layout experiments only; the
-            fused kernels then do not run). Defaults to True.
-        bf16 (bool): Run the network in bf16, weights and activations
-            (:func:`casvit_mm.deploy.bf16.to_bf16`: inputs, post-processing
-            and outputs stay float32). Refused on CPUs without AVX512-BF16 /
-            AMX-BF16 unless ``allow_emulated_bf16``. Defaults to False.
-        allow_emulated_bf16 (bool): With ``bf16``, run on a CPU that only
-            emulates bf16 (slow: to measure the accuracy cost anywhere).
-    """
-    from .casvit import CASViT
-    if bf16:  # refuse before changing anything
-        from ..deploy.bf16 import check_bf16
-        check_bf16(allow_emulated_bf16)
-    model.eval()
-    inner = getattr(model, 'module', model)  # a (Distributed)DataParallel wrapper
-    backbones = [m for m in model.modules() if isinstance(m, CASViT)]
-    if not backbones:
-        raise ValueError(f'switch_model_to_deploy found no CASViT inside '
-                         f'{type(model).__name__}: deploy mode applies to CAS-ViT models only.')
-    for backbone in backbones:
-        backbone.switch_to_deploy()
-        if not channels_last:
-            backbone.to(memory_format=torch.contiguous_format)
-    neck = getattr(inner, 'neck', None)
-    if (fold_output_norms and isinstance(getattr(inner, 'backbone', None), CASViT)
-            and isinstance(neck, nn.Module)):
-        fold_output_norms_into_fpn(inner.backbone, neck)
-    if compile:
-        if compile == 'freezing':
-            kwargs = dict(options={'freezing': True})
-        elif isinstance(compile, dict):
-            kwargs = compile
-        elif compile is True:
-            kwargs = {}
-        else:
-            raise ValueError(f"compile must be a bool, 'freezing' or a dict of torch.compile "
-                             f'arguments, got {compile!r}')
-        for backbone in backbones:
-            backbone.compile(**kwargs)
-    if bf16:
-        from ..deploy.bf16 import to_bf16
-        to_bf16(model, allow_emulated_bf16)
-    return model

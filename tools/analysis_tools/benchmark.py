@@ -100,7 +100,7 @@ from casvit_mm import CASViT
 from casvit_mm.cli import build_model, deploy_config, relative_error
 from casvit_mm.deploy.bf16 import Bf16Unsupported, check_bf16, to_bf16
 from casvit_mm.deploy.cpu_isa import isa, isa_line
-from casvit_mm.models.fusion import switch_model_to_deploy
+from casvit_mm.deploy.switch import switch_model_to_deploy
 from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap, onnxruntime_session,
                                    run_onnxruntime)
 

@@ -31,7 +31,7 @@ from casvit_mm.cli import build_model, check_data, codebase, load_config
 from casvit_mm.deploy.accuracy import evaluate_models, metric_drop
 from casvit_mm.deploy.bf16 import Bf16Unsupported, check_bf16
 from casvit_mm.deploy.cpu_isa import isa_line
-from casvit_mm.models.fusion import switch_model_to_deploy
+from casvit_mm.deploy.switch import switch_model_to_deploy
 
 
 def parse_args():

@@ -52,7 +52,7 @@ from casvit_mm.cli import build_model, relative_error
 from casvit_mm.onnx_export import (DetectorEnd2End, MaskRCNNEnd2End, SegmentorLabelMap,
                                    export_onnx, matched_pairs, onnxruntime_session,
                                    run_onnxruntime)
-from casvit_mm.models.fusion import switch_model_to_deploy
+from casvit_mm.deploy.switch import switch_model_to_deploy
 
 
 def parse_args():
