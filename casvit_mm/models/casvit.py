@@ -6,7 +6,7 @@ Written from the paper's description; the module layout follows the official
 implementation (https://github.com/Tianfang-Zhang/CAS-ViT, MIT licence) so that
 its checkpoints convert with a renaming only (see :mod:`casvit_mm.checkpoint`).
 """
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -468,7 +468,9 @@ class CASViT(BaseModule):
                  init_cfg: Optional[Union[Dict, Sequence[Dict]]] = None,
                  deploy: bool = False):
         super().__init__(init_cfg=init_cfg)
-        self.arch_name = repr(arch.lower()) if isinstance(arch, str) else 'custom'
+        # the size name ('m'), as casvit_mm.checkpoint.layouts.arch_name reads it from a
+        # state dict; None for a custom dict
+        self.arch_name: Optional[str] = arch.lower() if isinstance(arch, str) else None
         self.arch = self.parse_arch(arch)
         self.depths = list(self.arch['depths'])
         self.widths = list(self.arch['widths'])
@@ -510,7 +512,7 @@ class CASViT(BaseModule):
 
     # ------------------------------------------------------------------ args
     @classmethod
-    def parse_arch(cls, arch) -> dict:
+    def parse_arch(cls, arch: Union[str, Dict]) -> dict:
         """Resolve ``arch`` to ``dict(depths, widths, mlp_ratio)`` or explain why not."""
         if isinstance(arch, str):
             key = arch.lower()
@@ -543,7 +545,7 @@ class CASViT(BaseModule):
                     mlp_ratio=float(arch.get('mlp_ratio', 4.)))
 
     @staticmethod
-    def parse_out_indices(out_indices, num_stages) -> tuple:
+    def parse_out_indices(out_indices: Union[int, Sequence[int]], num_stages: int) -> tuple:
         """Normalise to sorted non-negative stage indices without touching the caller's list."""
         if isinstance(out_indices, int):
             out_indices = [out_indices]
@@ -563,7 +565,7 @@ class CASViT(BaseModule):
         return tuple(sorted(resolved))
 
     # ----------------------------------------------------------------- build
-    def init_weights(self):
+    def init_weights(self) -> None:
         """Truncated-normal Linear/conv init, or load a checkpoint (any layout)."""
         init_cfg = self.init_cfg
         if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
@@ -608,7 +610,7 @@ class CASViT(BaseModule):
                 f'{x.shape[1]} channels {tuple(x.shape)}; set in_channels={x.shape[1]} or '
                 f'convert the images.')
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self._check_input(x)
         if self.deploy_form == 'fused' and self.patch_embed[0].weight.is_contiguous(
                 memory_format=torch.channels_last):
@@ -649,7 +651,7 @@ class CASViT(BaseModule):
             for param in module.parameters():
                 param.requires_grad = False
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> 'CASViT':
         if mode and self.deploy:
             raise RuntimeError('This CASViT is in deploy mode (BatchNorm folded away, built '
                                'with deploy=True or switched with switch_to_deploy()) and '
@@ -662,7 +664,7 @@ class CASViT(BaseModule):
                     m.eval()
         return self
 
-    def get_layer_depth(self, param_name: str, prefix: str = ''):
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
         """Layer id of a parameter for layer-wise learning-rate decay.
 
         The stem is layer 0, block ``b`` (counted over all stages) is ``b + 1``,
@@ -690,18 +692,13 @@ class CASViT(BaseModule):
 
     # ---------------------------------------------------------------- deploy
     @property
-    def deployed(self):
-        """Alias of ``deploy``: whether this backbone runs the fused structure."""
-        return self.deploy
-
-    @property
     def deploy_form(self) -> Optional[str]:
         """None (training layout), ``'fused'`` or ``'export'``."""
         if not self.deploy:
             return None
         return 'export' if getattr(self, '_export_form', False) else 'fused'
 
-    def switch_to_deploy(self, form: str = 'fused'):
+    def switch_to_deploy(self, form: str = 'fused') -> None:
         """Fuse for inference, in place: the whole fast path.
 
         ``form='export'``: the same fused model in the export-friendly form
@@ -717,7 +714,7 @@ class CASViT(BaseModule):
         on a CPU the fused oneDNN kernels run. The result has the structure of
         ``CASViT(..., deploy=True)``: its state dict is the fused checkpoint
         (``tools/model_converters/casvit_reparameterize.py`` writes it). The
-        output norms ``norm{i}`` stay; ``casvit_mm.models.fusion.
+        output norms ``norm{i}`` stay; ``casvit_mm.deploy.switch.
         switch_model_to_deploy`` also folds them into an FPN. Safe to repeat.
         """
         if form not in ('fused', 'export'):
