@@ -1,5 +1,10 @@
 """List every unreadable or inconsistent sample of a config's datasets.
 
+The command line of the expensive sample check (:mod:`casvit_mm.utils.sample_check`);
+the cheap check that the paths exist (:mod:`casvit_mm.utils.path_check`) runs
+at the start of every ``tools/train.py`` / ``tools/test.py``. Kept at the top of
+the package so that ``python -m casvit_mm.check_dataset`` works from anywhere.
+
 Reads every image and annotation of the config's train / val / test datasets
 through the loading steps of their own pipelines (see
 ``casvit_mm.utils.sample_check`` for what is checked), prints one line per

@@ -1,4 +1,4 @@
-"""Check, before anything is built, that the data a config names is on disk.
+"""Check, before anything is built, that the paths a config names exist (cheap).
 
 Why: with a missing data set, mmdet, mmseg and mmpretrain fail inside dataset
 construction, once training starts and the model is already built, with a
@@ -10,6 +10,8 @@ command that generates the small toy set instead.
 """
 import os
 import os.path as osp
+
+from .dataset_configs import leaf_datasets
 
 LAYOUTS = {
     'mmdet': (
@@ -63,12 +65,10 @@ def dataset_paths(dataset):
     Relative ``ann_file`` and ``data_prefix`` are joined to ``data_root``, as
     mmengine's ``BaseDataset`` does. Remote storage is not checked.
     """
-    if not dataset:
-        return []
-    if dataset.get('dataset') is not None:
-        return dataset_paths(dataset['dataset'])
-    if dataset.get('datasets') is not None:
-        return [p for d in dataset['datasets'] for p in dataset_paths(d)]
+    return [p for leaf in leaf_datasets(dataset) for p in _leaf_paths(leaf)]
+
+
+def _leaf_paths(dataset):
     root = dataset.get('data_root') or ''
     if _is_remote(root, dataset):
         return []
@@ -164,23 +164,12 @@ def _config_layout(cfg, splits):
     lines = []
     for split in sorted(splits):
         loader = cfg.get(f'{split}_dataloader') or {}
-        for dataset in _datasets(loader.get('dataset')):
+        for dataset in leaf_datasets(loader.get('dataset')):
             parts = [f"data_root={dataset.get('data_root')!r}"]
             parts += [f'{key}={dataset[key]!r}' for key in ('ann_file', 'data_prefix')
                       if dataset.get(key)]
             lines.append(f'  {split}: ' + ', '.join(parts))
     return lines
-
-
-def _datasets(dataset):
-    """The leaf dataset configs under dataset wrappers."""
-    if not dataset:
-        return []
-    if dataset.get('dataset') is not None:
-        return _datasets(dataset['dataset'])
-    if dataset.get('datasets') is not None:
-        return [d for child in dataset['datasets'] for d in _datasets(child)]
-    return [dataset]
 
 
 def check_classes(cfg, splits):
@@ -198,7 +187,7 @@ def check_classes(cfg, splits):
     problems = []
     for split in splits:
         loader = cfg.get(f'{split}_dataloader') or {}
-        for dataset in _datasets(loader.get('dataset')):
+        for dataset in leaf_datasets(loader.get('dataset')):
             classes = (dataset.get('metainfo') or {}).get('classes')
             if not classes:
                 continue

@@ -1,4 +1,7 @@
-"""Read every sample of a config's datasets before training; list the bad ones.
+"""Read every sample of a config's datasets before training; list the bad ones (expensive).
+
+The cheap check, run by every ``tools/train.py`` / ``tools/test.py`` start, only
+asks whether the paths exist (:mod:`.path_check`).
 
 Why: a damaged file (a truncated JPEG, an unreadable label map) or an
 inconsistent annotation (a box outside its image, a label map of another
@@ -34,7 +37,8 @@ from mmengine.fileio import get as read_bytes
 from mmengine.registry import DATASETS, init_default_scope
 from PIL import Image
 
-from .sample_errors import describe_dataset, is_loading_step, leaf_datasets
+from .dataset_configs import describe_dataset, leaf_datasets
+from .sample_errors import is_loading_step
 
 Problem = namedtuple('Problem', 'split dataset index file reason')
 

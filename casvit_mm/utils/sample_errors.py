@@ -15,6 +15,7 @@ unchanged; ``tools/train.py`` applies it to every config.
 from mmcv.transforms import BaseTransform
 from mmengine.registry import TRANSFORMS
 
+from .dataset_configs import describe_dataset, leaf_datasets
 from .path_check import check_dataset_command
 
 FILE_KEYS = ('img_path', 'seg_map_path', 'ann_path')
@@ -22,15 +23,6 @@ FILE_KEYS = ('img_path', 'seg_map_path', 'ann_path')
 
 class BadSampleError(RuntimeError):
     """A training sample could not be loaded (the message names it)."""
-
-
-def describe_dataset(dataset_cfg):
-    """``CocoDataset (data/coco/ annotations/x.json)``-style name of a dataset config."""
-    kind = dataset_cfg.get('type')
-    kind = kind if isinstance(kind, str) else getattr(kind, '__name__', str(kind))
-    where = ' '.join(str(dataset_cfg[k]) for k in ('data_root', 'ann_file')
-                     if dataset_cfg.get(k))
-    return f'{kind} ({where})' if where else kind
 
 
 @TRANSFORMS.register_module()
@@ -75,17 +67,6 @@ def _type_name(step):
 def is_loading_step(step):
     """Whether a pipeline step reads files (mmcv / mmdet / mmseg ``Load*`` transforms)."""
     return isinstance(step, dict) and _type_name(step).split('.')[-1].startswith('Load')
-
-
-def leaf_datasets(dataset):
-    """The dataset configs under wrappers (``dataset=``, ``datasets=[...]``)."""
-    if not dataset:
-        return []
-    if dataset.get('dataset') is not None:
-        return leaf_datasets(dataset['dataset'])
-    if dataset.get('datasets') is not None:
-        return [leaf for d in dataset['datasets'] for leaf in leaf_datasets(d)]
-    return [dataset]
 
 
 def name_load_errors(cfg, config_path):
