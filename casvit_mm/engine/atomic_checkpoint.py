@@ -34,6 +34,7 @@ import os
 import os.path as osp
 import tempfile
 
+from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
@@ -58,7 +59,7 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def commit_file(src, dst):
+def commit_file(src: str, dst: str) -> None:
     """Flush ``src`` to disk and rename it to ``dst`` in one atomic step."""
     with open(src, 'rb') as f:
         os.fsync(f.fileno())
@@ -66,7 +67,7 @@ def commit_file(src, dst):
     _fsync_dir(osp.dirname(osp.abspath(dst)))
 
 
-def atomic_write(path, data):
+def atomic_write(path: str, data: bytes) -> None:
     """Write ``data`` (bytes or str) to ``path``: readers see the old or the new file, whole."""
     if isinstance(data, str):
         data = data.encode('utf-8')
@@ -94,7 +95,7 @@ class AtomicCheckpointHook(CheckpointHook):
     def _is_local(self):
         return isinstance(self.file_backend, LocalBackend)
 
-    def before_train(self, runner):
+    def before_train(self, runner) -> None:
         super().before_train(runner)
         # Leftovers of a save that was killed: never loaded, safe to drop.
         if self._is_local() and is_main_process():
@@ -150,7 +151,7 @@ def save_atomically(runner, out_dir, filename, **kwargs):
     return path
 
 
-def use_atomic_checkpoints(cfg):
+def use_atomic_checkpoints(cfg: Config) -> Config:
     """Swap the config's stock ``CheckpointHook`` for :class:`AtomicCheckpointHook`.
 
     A checkpoint hook of another type (the user's own) is left alone.

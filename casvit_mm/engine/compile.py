@@ -16,6 +16,7 @@ first compiled step). Values are unchanged; the optimizer state is keyed by
 parameter, not by group, so nothing else notices. ``tools/train.py`` adds the
 hook whenever the config sets ``compile``.
 """
+from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
@@ -26,7 +27,7 @@ class PlainParamGroupsHook(Hook):
     """Replace the optimizer's ``ConfigDict`` parameter groups by plain dicts."""
     priority = 'VERY_HIGH'
 
-    def before_train(self, runner):
+    def before_train(self, runner) -> None:
         wrappers = runner.optim_wrapper
         wrappers = wrappers.values() if isinstance(wrappers, OptimWrapperDict) else [wrappers]
         for wrapper in wrappers:
@@ -34,7 +35,7 @@ class PlainParamGroupsHook(Hook):
             groups[:] = [dict(group) for group in groups]
 
 
-def use_compile_fixes(cfg):
+def use_compile_fixes(cfg: Config) -> Config:
     """Add :class:`PlainParamGroupsHook` to a config that sets ``compile``."""
     if cfg.get('compile'):
         hooks = list(cfg.get('custom_hooks') or [])

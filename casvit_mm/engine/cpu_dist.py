@@ -26,6 +26,7 @@ import logging
 
 import torch
 import torch.distributed as dist
+from mmengine.config import Config
 from mmengine.logging import print_log
 
 SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN', 'SyncBatchNorm')
@@ -46,7 +47,7 @@ def sync_bn_to_bn(cfg):
     return changed
 
 
-def setup_cpu_distributed(cfg):
+def setup_cpu_distributed(cfg: Config) -> None:
     """Start the gloo process group of a torchrun job on the CPU; adapt ``cfg``.
 
     Args:

@@ -8,6 +8,8 @@ calls ``use_atomic_checkpoints``), ``tools/test.py`` calls
 ``'casvit_mm.engine'`` in ``custom_imports`` (MM's ``test.py``: the
 ``PreemptionHook`` alone).
 """
+from mmengine.config import Config
+
 GUARD_HOOKS = ('NonFiniteLossHook', 'PreemptionHook')
 
 
@@ -17,7 +19,7 @@ def _add_hooks(cfg, names):
     cfg.custom_hooks = hooks + [dict(type=name) for name in names if name not in present]
 
 
-def use_stop_signals(cfg):
+def use_stop_signals(cfg: Config) -> Config:
     """Add :class:`PreemptionHook` to ``cfg`` (unless it lists one): a stop signal
     (SIGTERM, SIGUSR1, Ctrl-C) to any process of the run -- DataLoader workers
     included -- ends training, validation or testing cleanly. Returns ``cfg``."""
@@ -25,7 +27,7 @@ def use_stop_signals(cfg):
     return cfg
 
 
-def use_long_run_guards(cfg):
+def use_long_run_guards(cfg: Config) -> Config:
     """Add :class:`NonFiniteLossHook` and :class:`PreemptionHook` to ``cfg``.
 
     An epoch-based loop (``EpochBasedTrainLoop``, or ``by_epoch=True``

@@ -24,6 +24,7 @@ the same way, before any old checkpoint is deleted.
 """
 import math
 import os.path as osp
+from typing import Optional
 
 import torch
 from mmengine.dist import get_world_size
@@ -152,7 +153,7 @@ class NonFiniteLossHook(Hook):
     """
     priority = 'ABOVE_NORMAL'
 
-    def before_train(self, runner):
+    def before_train(self, runner) -> None:
         # The floats RuntimeInfoHook puts in the message hub cost no extra sync.
         self._from_hub = any(isinstance(h, RuntimeInfoHook) for h in runner.hooks)
 
@@ -165,7 +166,11 @@ class NonFiniteLossHook(Hook):
                 value = hub.get_scalar(f'train/{key}').current()
             yield key, float(value)
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+    def after_train_iter(self,
+                         runner,
+                         batch_idx: int,
+                         data_batch: Optional[dict] = None,
+                         outputs: Optional[dict] = None) -> None:
         if not outputs:
             return
         losses = dict(self._losses(runner, outputs))

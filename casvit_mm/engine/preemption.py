@@ -55,6 +55,7 @@ import os
 import os.path as osp
 import signal
 import threading
+from typing import Optional
 
 import torch
 from mmengine.dist import all_reduce, barrier, get_world_size, is_main_process
@@ -170,17 +171,17 @@ class PreemptionHook(Hook):
                 signal.signal(signum, handler)
         self._previous = {}
 
-    def before_run(self, runner):
+    def before_run(self, runner) -> None:
         self._install(runner)
 
-    def before_train(self, runner):
+    def before_train(self, runner) -> None:
         self._install(runner)  # a runner that calls the loop without `before_run`
         self._training = True
 
-    def after_train(self, runner):
+    def after_train(self, runner) -> None:
         self._training = False
 
-    def after_run(self, runner):
+    def after_run(self, runner) -> None:
         self._restore()
 
     def _asked(self, every_rank=True):
@@ -193,7 +194,11 @@ class PreemptionHook(Hook):
         return level
 
     # ------------------------------------------------------------ training
-    def after_train_iter(self, runner, batch_idx=None, data_batch=None, outputs=None):
+    def after_train_iter(self,
+                         runner,
+                         batch_idx: Optional[int] = None,
+                         data_batch: Optional[dict] = None,
+                         outputs: Optional[dict] = None) -> None:
         if not self.every_n_train_iters(runner, self.interval):
             return
         level = self._asked()
@@ -241,16 +246,24 @@ class PreemptionHook(Hook):
         else:
             self._check_loop = True
 
-    def before_val_epoch(self, runner):
+    def before_val_epoch(self, runner) -> None:
         self._loop_start(runner.val_loop)
 
-    def before_test_epoch(self, runner):
+    def before_test_epoch(self, runner) -> None:
         self._loop_start(runner.test_loop)
 
-    def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+    def after_val_iter(self,
+                       runner,
+                       batch_idx: int,
+                       data_batch: Optional[dict] = None,
+                       outputs=None) -> None:
         self._stop_evaluation(runner, 'validation', runner.val_loop, batch_idx)
 
-    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+    def after_test_iter(self,
+                        runner,
+                        batch_idx: int,
+                        data_batch: Optional[dict] = None,
+                        outputs=None) -> None:
         self._stop_evaluation(runner, 'test', runner.test_loop, batch_idx)
 
     def _stop_evaluation(self, runner, what, loop, batch_idx):
