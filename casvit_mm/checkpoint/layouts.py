@@ -40,6 +40,7 @@ CLASSIFIER_HEADS = ('head.', 'dist_head.')  # the official classifier's linear h
 OFFICIAL_CLASSIFIER_NORM = 'norm.'
 MM_CLASSIFIER_NORM = 'norm3.'
 CLASSIFIER_KEYS = (OFFICIAL_CLASSIFIER_NORM, ) + CLASSIFIER_HEADS
+MMPRETRAIN_HEAD = 'head.'  # an ImageClassifier's head module: head.head, head.dist_head
 OUTPUT_NORM = re.compile(r'norm\d\.')  # a backbone's output norm, norm{stage}.
 # Top-level modules of the official mmdet 2.24 / mmseg 0.24 models, whose names
 # mmdet 3.x / mmseg 1.x kept.
@@ -145,7 +146,7 @@ def convert_official(state_dict: StateDict, classifier: bool = False) -> StateDi
         elif classifier and key.startswith(OFFICIAL_CLASSIFIER_NORM):
             new = MM_CLASSIFIER_NORM + key[len(OFFICIAL_CLASSIFIER_NORM):]
         elif classifier and key.startswith(CLASSIFIER_HEADS):
-            new = 'head.' + key
+            new = MMPRETRAIN_HEAD + key
         converted[new] = value
     return converted
 
@@ -162,7 +163,7 @@ def to_mmpretrain(state_dict: StateDict) -> StateDict:
     if has_prefix(state_dict, BACKBONE_PREFIX):
         return state_dict  # already converted
     converted = convert_official(state_dict, classifier=True)
-    return OrderedDict((k if k.startswith('head.') else BACKBONE_PREFIX + k, v)
+    return OrderedDict((k if k.startswith(MMPRETRAIN_HEAD) else BACKBONE_PREFIX + k, v)
                        for k, v in converted.items())
 
 
