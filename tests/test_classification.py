@@ -226,3 +226,18 @@ def test_inferencer_and_demo_classify_an_image(trained, toy_imagenet, capsys):
     finally:
         sys.argv = argv
     assert f"{image}: {result['pred_class']} (" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_deploy_test_of_an_ema_config_gives_the_same_predictions(trained, toy_imagenet,
+                                                                  tmp_path):
+    """The toy config trains with EMAHook; ``tools/test.py --deploy`` tests the fused
+    model on the checkpoint's (averaged) weights, as the plain test does."""
+    scores = {}
+    for name, extra in (('plain', []), ('deploy', ['--deploy'])):
+        pkl = tmp_path / f'{name}.pkl'
+        out = run_tool('tools/test.py', TOY, trained, '--work-dir', tmp_path / name, '--out',
+                       pkl, *extra, '--cfg-options', *toy_options(toy_imagenet))
+        scores[name] = torch.stack([p['pred_score'] for p in pickle.load(open(pkl, 'rb'))])
+    assert 'EMAHook left out' in out and 'deploy-mode model' in out
+    assert torch.allclose(scores['deploy'], scores['plain'], atol=1e-4)

@@ -26,8 +26,9 @@ import os.path as osp
 
 import casvit_mm  # noqa: F401  (registers CASViT in every codebase)
 from casvit_mm.checkpoint.locate import resolve_checkpoint, where_looked
-from casvit_mm.cli import (build_runner, check_data, codebase, config_from_args, enable_tta,
-                           enable_visualization, parse_tool_args)
+from casvit_mm.cli import (build_runner, check_data, codebase, config_from_args,
+                           drop_test_time_ema, enable_tta, enable_visualization,
+                           parse_tool_args)
 from casvit_mm.engine import (DeployHook, StrictCheckpointHook, closing_process_group,
                               setup_cpu_distributed, use_stop_signals)
 
@@ -73,6 +74,9 @@ def main():
         cfg = enable_visualization(cfg, args, scope)
     if args.tta:
         enable_tta(cfg)
+    if args.deploy and drop_test_time_ema(cfg):  # the checkpoint already holds the EMA weights
+        print('--deploy: EMAHook left out; the checkpoint\'s state_dict holds the averaged '
+              'weights it would swap in')
     if args.out and scope == 'mmseg':
         cfg.test_evaluator.update(output_dir=args.out, keep_results=True)
 

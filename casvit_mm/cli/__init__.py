@@ -11,10 +11,10 @@ Not named ``apis``: in mmdet and mmseg ``apis`` is what users call for inference
 """
 from .build import build_model, deploy_config, load_config, relative_error, reparameterize
 from .runner import (build_runner, check_checkpoints, check_data, codebase,
-                     config_from_args,
+                     config_from_args, drop_test_time_ema,
                      enable_tta, enable_visualization, parse_tool_args)
 
 __all__ = ['build_model', 'build_runner', 'check_checkpoints', 'check_data',
            'codebase',
-           'config_from_args', 'deploy_config', 'enable_tta', 'enable_visualization',
+           'config_from_args', 'deploy_config', 'drop_test_time_ema', 'enable_tta', 'enable_visualization',
            'load_config', 'parse_tool_args', 'relative_error', 'reparameterize']

@@ -21,7 +21,7 @@ from ..utils import DataRootError, check_data_paths
 from ..utils.path_check import check_classes
 
 __all__ = ['build_runner', 'check_checkpoints', 'check_data', 'codebase',
-           'config_from_args',
+           'config_from_args', 'drop_test_time_ema',
            'enable_tta', 'enable_visualization', 'parse_tool_args']
 
 
@@ -139,3 +139,23 @@ def enable_tta(cfg):
                          'retinanet_tta.py defines both for RetinaNet).')
     cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
+def drop_test_time_ema(cfg):
+    """Remove ``EMAHook`` from a test run whose model is switched to deploy mode.
+
+    At test time mmengine's ``EMAHook`` only swaps the model's parameters with
+    its averaged copy around the test epoch, and both hold the same weights:
+    the hook saved the averaged weights as the checkpoint's ``state_dict``
+    (``before_save_checkpoint``) and, when not resuming, loads that same
+    ``state_dict`` into its copy (``after_load_checkpoint``). Dropping it
+    changes no prediction; keeping it breaks ``--deploy``, because the swap
+    pairs the fused model's parameters with the unfused copy's
+    (``The size of tensor a (24) must match the size of tensor b (3)``).
+    Returns the types of the hooks dropped.
+    """
+    hooks = cfg.get('custom_hooks') or []
+    kept = [h for h in hooks if h.get('type') not in ('EMAHook', 'mmengine.EMAHook')]
+    dropped = [h['type'] for h in hooks if h not in kept]
+    cfg.custom_hooks = kept
+    return dropped
