@@ -375,7 +375,7 @@ def test_mask_rcnn_dynamic_onnxruntime(example_image, toy, tmp_path):
                       str(tmp_path / 'out'), example_image)
     assert exported.task == 'instance-seg'
     model = build_model(MASK_RCNN_TOY, checkpoint)
-    from casvit_mm.onnx_export import matched_pairs
+    from casvit_mm.deploy.onnx_export import matched_pairs
     for ref, out in compare(exported, model, toy_images(toy)):
         a, b = ref.pred_instances, out.pred_instances
         top = a.scores.argsort(descending=True)[:5]
@@ -466,10 +466,10 @@ def test_classifier(shape, tmp_path):
 # ------------------------------------------------------------------ int8
 def test_int8_quantization_of_the_mmdeploy_file(retinanet_dynamic, trained_retinanet, toy,
                                                 tmp_path):
-    """casvit_mm.quantization quantizes the network of the file mmdeploy wrote (same
+    """casvit_mm.deploy.ort_quantization quantizes the network of the file mmdeploy wrote (same
     node scopes as its own graphs), calibrated on toy images as the data
     preprocessor gives them; the int8 file keeps dynamic H/W and its detections."""
-    from casvit_mm.quantization import quantize_onnx, quantized_ops
+    from casvit_mm.deploy.ort_quantization import quantize_onnx, quantized_ops
     from casvit_mm.deploy.dispatch import onnxruntime_session
     model = build_model(RETINA_TOY, trained_retinanet)
     batches = []

@@ -20,7 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from casvit_mm import CASViT
 from casvit_mm.apis import build_model, relative_error
 from casvit_mm.models.fusion import switch_model_to_deploy
-from casvit_mm.onnx_export import (DetectorEnd2End, MaskRCNNEnd2End, SegmentorLabelMap,
+from casvit_mm.deploy.onnx_export import (DetectorEnd2End, MaskRCNNEnd2End, SegmentorLabelMap,
                                    _RoIAlign, export_onnx, match_detections, matched_pairs,
                                    onnxruntime_session, openvino_model, run_onnxruntime,
                                    run_openvino)

@@ -1,4 +1,4 @@
-"""INT8 quantization (casvit_mm.quantization, casvit_mm.deploy.nncf_int8,
+"""INT8 quantization (casvit_mm.deploy.ort_quantization, casvit_mm.deploy.nncf_int8,
 tools/deployment/quantize.py, onnxruntime and NNCF backends): a
 toy-trained classifier quantizes end to end on its toy data, the file really
 holds int8 (quantized ops, a smaller file, outputs that moved a little but
@@ -13,8 +13,8 @@ from mmengine.optim import OptimWrapper
 from mmengine.runner import Runner, set_random_seed
 
 from casvit_mm.apis import build_model, load_config, relative_error
-from casvit_mm.onnx_export import export_onnx, onnxruntime_session, run_onnxruntime
-from casvit_mm.quantization import (NETWORK_SCOPES, DataloaderCalibration, QuantizationError,
+from casvit_mm.deploy.onnx_export import export_onnx, onnxruntime_session, run_onnxruntime
+from casvit_mm.deploy.ort_quantization import (NETWORK_SCOPES, DataloaderCalibration, QuantizationError,
                                     batch_images, calibration_loader, deploy_wrapper,
                                     evaluate_onnx, export_for_quantization, network_nodes,
                                     quantize_onnx, quantized_ops, random_calibration,
@@ -108,7 +108,7 @@ def test_toy_classifier_end_to_end(toy_classifier, tmp_path):
     assert 0 < error < SCORE_TOL, error
     assert mean_error < MEAN_SCORE_TOL and agree >= 0.9
     try:  # OpenVINO runs the same int8 file (benchmark's int8-openvino, --openvino)
-        from casvit_mm.onnx_export import openvino_model, run_openvino
+        from casvit_mm.deploy.onnx_export import openvino_model, run_openvino
         scores_ov = run_openvino(openvino_model(int8, threads=1), images)[0]
     except ImportError:
         return

@@ -199,7 +199,7 @@ def pipeline_data(exported: Exported, images, input_shape=None):
 def onnxruntime_session(path: str, threads: Optional[int] = None, spinning: bool = True):
     """An onnxruntime CPU session for a file mmdeploy wrote, with mmdeploy's
     custom-ops library (``libmmdeploy_onnxruntime_ops.so``, shipped in its wheel)
-    registered where it exists; see ``casvit_mm.onnx_export.onnxruntime_session``
+    registered where it exists; see ``casvit_mm.deploy.onnx_export.onnxruntime_session``
     for ``threads`` and ``spinning``."""
     import ctypes
 

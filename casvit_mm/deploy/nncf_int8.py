@@ -1,6 +1,6 @@
 """INT8 for OpenVINO through NNCF, and running OpenVINO at a stated precision.
 
-Why a second INT8 path next to onnxruntime's (:mod:`casvit_mm.quantization`):
+Why a second INT8 path next to onnxruntime's (:mod:`casvit_mm.deploy.ort_quantization`):
 onnxruntime has no int8 GELU, so its QDQ file runs CAS-ViT's 30 GELUs in
 float between a dequantize and a quantize, and gains little on the backbone.
 NNCF quantizes the OpenVINO model instead: OpenVINO fuses GELU (and the
@@ -13,7 +13,7 @@ The pieces (what ``tools/deployment/quantize.py --backend openvino`` and the
 benchmark's ``int8-nncf`` variant run):
 
 * :func:`quantize_openvino`: the fp32 ONNX file that
-  :func:`casvit_mm.quantization.export_for_quantization` wrote, read by
+  :func:`casvit_mm.deploy.ort_quantization.export_for_quantization` wrote, read by
   OpenVINO, quantized by ``nncf.quantize`` on calibration images (the
   config's own, as for onnxruntime), saved as IR with the kind recorded.
   Only the network is quantized: every node outside ``NETWORK_SCOPES`` (the
@@ -31,7 +31,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from ..quantization import (KIND_KEY, NETWORK_SCOPES, QuantizationError, evaluate_runners,
+from .ort_quantization import (KIND_KEY, NETWORK_SCOPES, QuantizationError, evaluate_runners,
                             read_kind)
 
 __all__ = ['quantize_openvino', 'read_ir_kind', 'fake_quantize_count', 'compile_openvino',
@@ -202,7 +202,7 @@ def run_compiled(compiled, images):
 
 def evaluate_openvino(paths, cfg, model, shape, threads=None, precision='f32'):
     """Score fp32 ONNX and int8 IR files, run by OpenVINO at ``precision``,
-    with the config's test evaluator (as :func:`casvit_mm.quantization.evaluate_onnx`
+    with the config's test evaluator (as :func:`casvit_mm.deploy.ort_quantization.evaluate_onnx`
     does in onnxruntime). Returns the metrics of each file."""
     kinds = {file_kind(p) for p in paths}
     if len(kinds) != 1 or 'backbone' in kinds:

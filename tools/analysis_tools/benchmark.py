@@ -101,7 +101,7 @@ from casvit_mm.apis import build_model, deploy_config, relative_error
 from casvit_mm.deploy.bf16 import Bf16Unsupported, check_bf16, to_bf16
 from casvit_mm.deploy.cpu_isa import isa, isa_line
 from casvit_mm.models.fusion import switch_model_to_deploy
-from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap, onnxruntime_session,
+from casvit_mm.deploy.onnx_export import (DetectorEnd2End, SegmentorLabelMap, onnxruntime_session,
                                    run_onnxruntime)
 
 VARIANTS = ['eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy', 'nchw', 'compile',
@@ -279,12 +279,12 @@ def resnet_variants(name, model, variants, example, onnx, allow_emulated_bf16=Fa
 def onnx_runner(module, example, path, threads, kind='backbone', int8_calib=2, output_names=None,
                 **kwargs):
     """``make(variant)``: export ``module`` at ``example`` once (TorchScript exporter,
-    opset 20, as casvit_mm.quantization exports), quantize it when a variant
+    opset 20, as casvit_mm.deploy.ort_quantization exports), quantize it when a variant
     asks for int8 (onnxruntime's QDQ file, or NNCF's OpenVINO IR, each once),
     and return a callable running the file in the variant's runtime and
     precision. The callable's ``profile(top)`` prints OpenVINO's per-layer
     counters (OpenVINO variants)."""
-    from casvit_mm.quantization import (export_for_quantization, quantize_onnx,
+    from casvit_mm.deploy.ort_quantization import (export_for_quantization, quantize_onnx,
                                         random_calibration)
 
     def fp32():
@@ -351,7 +351,7 @@ def executorch_runner(network, example, path, threads, int8_calib=2):
     dynamic up to ``example``'s, and return a callable running it."""
     def make(variant):
         from casvit_mm.deploy.mobile import ExecuTorchModel, to_executorch
-        from casvit_mm.quantization import random_calibration
+        from casvit_mm.deploy.ort_quantization import random_calibration
         int8 = variant == 'executorch-int8'
         calibration = ([torch.from_numpy(b['images'])
                         for b in random_calibration(example, int8_calib)] if int8 else None)

@@ -46,7 +46,7 @@ from casvit_mm.deploy.mobile import (DEFAULT_MAX_BATCH, FORMATS, PORTABLE_OK, Ex
                                      MobileExportError, MobileNetwork, calibration_batches,
                                      evaluate_mobile, mobile_kind, mobile_network,
                                      to_coreml, to_executorch)
-from casvit_mm.quantization import batch_images, calibration_loader, input_shape
+from casvit_mm.deploy.ort_quantization import batch_images, calibration_loader, input_shape
 
 # The metrics --max-drop checks (as tools/deployment/quantize.py).
 HEADLINE = ('bbox_mAP', 'bbox_mAP_50', 'mIoU', 'accuracy/top1')

@@ -49,7 +49,7 @@ import torch
 
 from casvit_mm import CASViT
 from casvit_mm.apis import build_model, relative_error
-from casvit_mm.onnx_export import (DetectorEnd2End, MaskRCNNEnd2End, SegmentorLabelMap,
+from casvit_mm.deploy.onnx_export import (DetectorEnd2End, MaskRCNNEnd2End, SegmentorLabelMap,
                                    export_onnx, matched_pairs, onnxruntime_session,
                                    run_onnxruntime)
 from casvit_mm.models.fusion import switch_model_to_deploy

@@ -43,9 +43,9 @@ import time
 from casvit_mm import CASViT
 from casvit_mm.apis import build_model, check_data, codebase, load_config, relative_error
 from casvit_mm.deploy.accuracy import metric_drop
-from casvit_mm.onnx_export import (match_detections, onnxruntime_session, openvino_model,
+from casvit_mm.deploy.onnx_export import (match_detections, onnxruntime_session, openvino_model,
                                    run_onnxruntime, run_openvino)
-from casvit_mm.quantization import (DEFAULT_OP_TYPES, DataloaderCalibration, QuantizationError,
+from casvit_mm.deploy.ort_quantization import (DEFAULT_OP_TYPES, DataloaderCalibration, QuantizationError,
                                     batch_images, calibration_loader, deploy_wrapper,
                                     evaluate_onnx, export_for_quantization, input_shape,
                                     model_kind, quantize_onnx, quantized_ops, read_kind)

@@ -53,7 +53,7 @@ class SegmentorLabelMap(nn.Module):
     the graph. ``with_logits=True`` also returns the ``(B, C, H, W)`` logits
     at input size, for a caller that resizes them to the original image as
     mmseg's ``postprocess_result`` does before its argmax (the evaluation of
-    ``casvit_mm.quantization``).
+    ``casvit_mm.deploy.ort_quantization``).
     """
 
     def __init__(self, segmentor, with_logits=False):
@@ -470,7 +470,7 @@ def export_onnx(module, example, path, dynamo=True, output_names=None, dynamic_b
     one ``Gelu`` node instead of five element-wise ops.
     """
     import warnings
-    module = module.eval()
+    module.eval()  # not chained: some modules' train() returns None (mmdet's ResNet)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         kwargs = dict(dynamo=dynamo, input_names=['images'], output_names=output_names)

@@ -4,7 +4,7 @@ What ``tools/deployment/quantize.py`` and the benchmark's ``int8`` variant
 run, as importable pieces (the tests run exactly these):
 
 * :func:`export_for_quantization` exports a model with the wrappers of
-  :mod:`casvit_mm.onnx_export` (whole RetinaNet, Mask R-CNN, Semantic FPN, a
+  :mod:`casvit_mm.deploy.onnx_export` (whole RetinaNet, Mask R-CNN, Semantic FPN, a
   classifier's scores; the deployed backbone otherwise) and records in the
   file what it is, so that a later run knows which nodes are the network.
 * :class:`DataloaderCalibration` feeds onnxruntime's calibrator with images
@@ -61,13 +61,10 @@ OUTPUT_NAMES = {
 }
 # What is quantized inside the network: by default every op onnxruntime can
 # quantize (convolutions, matrix products, and the element-wise ops between
-# them: CAS-ViT's gate products, sigmoids and residual adds). Measured on
-# CAS-ViT-M at 8x3x224x224 (docs/quantization.md): convolutions and matrix
-# products alone were *slower* than fp32 (every element-wise op between two
-# convolutions then dequantizes and requantizes: 376 vs 346 ms), all ops
-# 190 ms (both on a loaded machine; on a quiet one all ops gave 1.2x the fp32
-# file); keeping the sigmoid gates float changed neither speed nor the toy
-# models' metrics.
+# them: CAS-ViT's gate products, sigmoids and residual adds). Quantizing only
+# convolutions and matrix products was slower than fp32 (every element-wise op
+# between two convolutions then dequantizes and requantizes; the measurements
+# are in docs/quantization.md).
 DEFAULT_OP_TYPES = None
 # The TorchScript exporter's opset: from 20 on GELU is one node, which
 # onnxruntime keeps whole between quantized convolutions (at 17 it is five
@@ -117,7 +114,7 @@ def model_kind(model, backbone_only=False):
 def deploy_wrapper(model, kind):
     """The deployed (``switch_model_to_deploy``, NCHW) copy of ``model`` in
     the tensor-in / tensor-out wrapper that exports ``kind``."""
-    from .models.fusion import switch_model_to_deploy
+    from ..models.fusion import switch_model_to_deploy
     if kind == 'backbone':
         return switch_model_to_deploy(copy.deepcopy(model.backbone), channels_last=False)
     deployed = switch_model_to_deploy(copy.deepcopy(model), channels_last=False)
@@ -322,7 +319,7 @@ def quantize_onnx(fp32_path, int8_path, calibration, kind=None, op_types=DEFAULT
                                           quant_pre_process, quantize_static)
     kind = kind or read_kind(fp32_path)
     if reduce_range is None:
-        from .deploy.cpu_isa import native_int8
+        from .cpu_isa import native_int8
         reduce_range = not native_int8()
     source = fp32_path
     if preprocess:
