@@ -13,7 +13,7 @@ The pieces (what ``tools/deployment/quantize.py --backend openvino`` and the
 benchmark's ``int8-nncf`` variant run):
 
 * :func:`quantize_openvino`: the fp32 ONNX file that
-  :func:`casvit_mm.deploy.ort_quantization.export_for_quantization` wrote, read by
+  :func:`casvit_mm.deploy.dispatch.export` wrote, read by
   OpenVINO, quantized by ``nncf.quantize`` on calibration images (the
   config's own, as for onnxruntime), saved as IR with the kind recorded.
   Only the network is quantized: every node outside ``NETWORK_SCOPES`` (the
@@ -31,8 +31,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from .ort_quantization import (KIND_KEY, NETWORK_SCOPES, QuantizationError, evaluate_runners,
-                            read_kind)
+from .ort_quantization import KIND_KEY, NETWORK_SCOPES, QuantizationError, read_kind
 
 __all__ = ['quantize_openvino', 'read_ir_kind', 'fake_quantize_count', 'compile_openvino',
            'run_compiled', 'effective_precision', 'evaluate_openvino', 'perf_counters',
@@ -200,19 +199,19 @@ def run_compiled(compiled, images):
     return list(compiled([images]).values())
 
 
-def evaluate_openvino(paths, cfg, model, shape, threads=None, precision='f32'):
-    """Score fp32 ONNX and int8 IR files, run by OpenVINO at ``precision``,
-    with the config's test evaluator (as :func:`casvit_mm.deploy.ort_quantization.evaluate_onnx`
-    does in onnxruntime). Returns the metrics of each file."""
+def evaluate_openvino(paths, cfg, threads=None):
+    """Score an fp32 ONNX / IR file and its int8 IR with the config's test
+    evaluator, each run by mmdeploy's backend model in OpenVINO (f32 hint),
+    through :func:`casvit_mm.deploy.accuracy.evaluate_models`. Returns the
+    metrics of each file."""
+    from .accuracy import evaluate_models
+    from .dispatch import backend_model, exported_file
     kinds = {file_kind(p) for p in paths}
     if len(kinds) != 1 or 'backbone' in kinds:
         raise QuantizationError(f'evaluation needs whole-model files of one kind, got '
                                 f'{sorted(kinds)}')
-    runners = []
-    for path in paths:
-        compiled = compile_openvino(path, threads, precision)
-        runners.append(lambda images, c=compiled: run_compiled(c, images))
-    return evaluate_runners(runners, kinds.pop(), cfg, model, shape)
+    return evaluate_models([backend_model(exported_file(cfg, p, 'openvino'), threads=threads)
+                            for p in paths], cfg)
 
 
 def perf_counters(compiled, images, runs=3):
