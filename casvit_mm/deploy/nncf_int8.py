@@ -164,7 +164,7 @@ def ir_size(path):
     return size
 
 
-def compile_openvino(path, threads=None, precision='f32', perf_count=False):
+def compile_openvino(path, threads=None, precision='f32', perf_count=False, input_shape=None):
     """An ONNX or IR file compiled for the CPU.
 
     Args:
@@ -173,6 +173,10 @@ def compile_openvino(path, threads=None, precision='f32', perf_count=False):
             has it; elsewhere it keeps f32: see :func:`effective_precision`),
             or None for OpenVINO's choice (bf16 on CPUs with native bf16).
         perf_count (bool): Collect per-layer counters (:func:`perf_counters`).
+        input_shape (sequence, optional): reshape a file with dynamic axes
+            (mmdeploy's) to this shape first: OpenVINO runs int8 files with
+            dynamic H and W wrongly on AVX2 CPUs (see
+            :func:`casvit_mm.deploy.onnx_export.openvino_model`).
     """
     ov = _openvino()
     config = {}
@@ -183,7 +187,10 @@ def compile_openvino(path, threads=None, precision='f32', perf_count=False):
     if perf_count:
         config['PERF_COUNT'] = True
     core = ov.Core()
-    return core.compile_model(core.read_model(path), 'CPU', config)
+    model = core.read_model(path)
+    if input_shape is not None:
+        model.reshape(list(input_shape))
+    return core.compile_model(model, 'CPU', config)
 
 
 def effective_precision(compiled):

@@ -321,15 +321,15 @@ def onnx_runner(export_fp32, example, path, threads, kind='backbone', int8_calib
             return lambda: run_onnxruntime(session, example)
         from casvit_mm.deploy.nncf_int8 import (compile_openvino, effective_precision,
                                                 perf_counters, run_compiled)
-        compiled = compile_openvino(file, threads, precision)
+        compiled = compile_openvino(file, threads, precision, input_shape=example.shape)
         EFFECTIVE_PRECISION[variant] = effective_precision(compiled)
 
         def run():
             return run_compiled(compiled, example)
 
         def profile(top):
-            rows = perf_counters(compile_openvino(file, threads, precision, perf_count=True),
-                                 example)
+            rows = perf_counters(compile_openvino(file, threads, precision, perf_count=True,
+                                                  input_shape=example.shape), example)
             total = sum(r[2] for r in rows) or 1
             for layer, kernel, ms, count in rows[:top]:
                 print(f'  {layer:<24}{kernel:<28}{ms:>10.1f} ms{100 * ms / total:>7.1f} %'
