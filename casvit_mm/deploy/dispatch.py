@@ -35,8 +35,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 __all__ = ['BACKENDS', 'KIND_KEY', 'SHAPES', 'Exported', 'backend_model', 'deploy_config',
-           'deploy_config_dir', 'exact_graph', 'export', 'export_backbone', 'export_sdk',
-           'exported_file',
+           'deploy_config_dir', 'exact_graph', 'export', 'export_backbone', 'exported_file',
            'onnxruntime_session', 'pipeline_data', 'record_kind', 'task_of']
 
 BACKENDS = ('onnxruntime', 'openvino')
@@ -247,57 +246,6 @@ def exact_graph(model):
                          f'Mask R-CNN keep one); mmdeploy\'s file gives the same results: '
                          f'export it without --wrappers')
     return wrapper(switch_model_to_deploy(copy.deepcopy(model), channels_last=False))
-
-
-# mmdeploy-runtime 1.3.1 (mmdeploy's SDK) bundles onnxruntime 1.15.1, which has no
-# kernel for opset 19's Shape ("Could not find an implementation for Shape(19)"): its
-# files use opset 17, where GELU is Erf and four element-wise ops (one node from 20 on).
-SDK_OPSET = 17
-
-
-def export_sdk(model_cfg, checkpoint: Optional[str] = None, work_dir: str = 'work_dirs/sdk',
-               image: Union[str, np.ndarray, None] = None, shape: str = 'dynamic',
-               input_shape: Optional[Sequence[int]] = None) -> Exported:
-    """mmdeploy's SDK model directory, what ``tools/deploy.py --dump-info`` writes:
-    the onnxruntime file (opset :data:`SDK_OPSET`) and ``deploy.json``,
-    ``pipeline.json``, ``detail.json`` (``mmdeploy.backend.sdk.export_info.
-    export2SDK``), for ``mmdeploy_runtime.Detector`` / ``Segmentor`` /
-    ``Classifier(model_path=work_dir, device_name='cpu')``: pre-processing,
-    network and post-processing in C++, no PyTorch and no model code.
-
-    One change to the pipeline mmdeploy writes: a test pipeline's
-    ``Resize(scale_factor=1.0)`` (no resize: the toy configs') is dropped, since
-    the SDK's Resize takes a ``size`` only (``'size' is expected to be an integer
-    or an array of size 2``); any other resize without a size raises.
-    """
-    import copy
-    import json
-
-    from mmdeploy.backend.sdk.export_info import export2SDK
-    exported = export(model_cfg, checkpoint, 'onnxruntime', shape, work_dir, image,
-                      input_shape=input_shape,
-                      cfg_options={'onnx_config.opset_version': SDK_OPSET})
-    # copies: export2SDK writes into the configs (Resize(size=None)), which mmdet's
-    # Resize would then refuse in pipeline_data / backend_model
-    export2SDK(copy.deepcopy(exported.deploy_cfg), copy.deepcopy(exported.model_cfg),
-               work_dir, pth=checkpoint or '', device='cpu')
-    path = osp.join(work_dir, 'pipeline.json')
-    with open(path) as f:
-        pipeline = json.load(f)
-    for task in pipeline['pipeline']['tasks']:
-        kept = []
-        for t in task.get('transforms', []):
-            if t.get('type') == 'Resize' and t.get('size') is None:
-                if t.get('scale_factor') not in (1, 1.0, [1.0, 1.0]):
-                    raise ValueError(f'the test pipeline\'s {t} has no size, which '
-                                     f'mmdeploy\'s SDK needs: give Resize a scale')
-                continue
-            kept.append(t)
-        if 'transforms' in task:
-            task['transforms'] = kept
-    with open(path, 'w') as f:
-        json.dump(pipeline, f, indent=4)
-    return exported
 
 
 def backend_model(exported: Exported, device: str = 'cpu', clip_boxes: bool = True,
