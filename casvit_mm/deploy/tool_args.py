@@ -41,8 +41,8 @@ def check_calibration_args(parser: argparse.ArgumentParser, args,
         if path and not osp.isfile(path):
             parser.error(f'{what} {path!r} does not exist')
     if min(getattr(args, name) for name in positive) < 1:
-        parser.error(' and '.join('--' + n.replace('_', '-') for n in positive)
-                     + ' must be >= 1')
+        parser.error(', '.join('--' + n.replace('_', '-') for n in positive)
+                     + ' must each be >= 1')
 
 
 def load_model(args, need_training_form: bool = True) -> Tuple[object, object]:
