@@ -247,6 +247,7 @@ def trained_rtmdet(toy, tmp_path_factory):
 
 
 # ------------------------------------------------------------------ the patches
+@pytest.mark.slow
 def test_import_casvit_mm_does_not_import_mmdeploy():
     """``import casvit_mm`` costs nothing for users without mmdeploy; mmdeploy's
     first import applies the patches (what ``custom_imports`` and the docs do)."""
@@ -289,6 +290,7 @@ def retinanet_dynamic(trained_retinanet, example_image, tmp_path_factory):
                   str(tmp_path_factory.mktemp('retina_dyn')), example_image)
 
 
+@pytest.mark.slow
 def test_exported_graph_is_the_fused_casvit(retinanet_dynamic):
     """BN folded (no BatchNormalization left but the output norm RetinaNet keeps),
     GELU one node (opset 20), no private mkldnn kernels, dynamic H and W."""
@@ -303,6 +305,7 @@ def test_exported_graph_is_the_fused_casvit(retinanet_dynamic):
     assert [d.dim_param for d in dims] == ['batch', '', 'height', 'width']
 
 
+@pytest.mark.slow
 def test_retinanet_dynamic_onnxruntime(retinanet_dynamic, trained_retinanet, toy):
     """Trained RetinaNet: at sizes not used at export, every detection of mmdet's
     test_step with score >= 0.15 is found and nothing else (mmdeploy's candidate
@@ -312,6 +315,7 @@ def test_retinanet_dynamic_onnxruntime(retinanet_dynamic, trained_retinanet, toy
     assert_same_detections(pairs, score_thr=0.15, fraction=0.98)
 
 
+@pytest.mark.slow
 def test_retinanet_evaluator_on_the_toy_val_set(retinanet_dynamic, trained_retinanet, toy):
     """RetinaNet is a head where mmdeploy's candidate selection differs from mmdet's
     by design (docs/deploy.md): the criterion is >= 98 % of the detections matched
@@ -321,6 +325,7 @@ def test_retinanet_evaluator_on_the_toy_val_set(retinanet_dynamic, trained_retin
     assert_same_metrics(cfg, model, exported_file(cfg, retinanet_dynamic.onnx))
 
 
+@pytest.mark.slow
 def test_retinanet_exact_graph_keeps_mmdets_candidates(retinanet_dynamic, trained_retinanet,
                                                         toy, tmp_path):
     """Why the hand-written RetinaNet graph is kept (dispatch.exact_graph): on the
@@ -361,6 +366,7 @@ def test_retinanet_exact_graph_keeps_mmdets_candidates(retinanet_dynamic, traine
     assert mmdeploy_found < exact_found
 
 
+@pytest.mark.slow
 def test_retinanet_static_onnxruntime(trained_retinanet, example_image, toy, tmp_path):
     """A static file takes one size; mmdeploy's pipeline resizes every image to it."""
     exported = export(RETINA_TOY, trained_retinanet, 'onnxruntime', 'static', str(tmp_path),
@@ -372,6 +378,7 @@ def test_retinanet_static_onnxruntime(trained_retinanet, example_image, toy, tmp
     assert_same_detections(pairs, score_thr=0.15, fraction=0.98)
 
 
+@pytest.mark.slow
 def test_retinanet_dynamic_openvino(trained_retinanet, example_image, toy, tmp_path):
     pytest.importorskip('openvino')
     exported = export(RETINA_TOY, trained_retinanet, 'openvino', 'dynamic', str(tmp_path),
@@ -382,6 +389,7 @@ def test_retinanet_dynamic_openvino(trained_retinanet, example_image, toy, tmp_p
                            fraction=0.98)
 
 
+@pytest.mark.slow
 def test_rtmdet_user_habit_and_parity(trained_rtmdet, toy, tmp_path):
     """What a user types: ``import casvit_mm`` and mmdeploy's own torch2onnx with a
     shipped deploy config; then the file against mmdet at two other sizes."""
@@ -411,6 +419,7 @@ def test_rtmdet_user_habit_and_parity(trained_rtmdet, toy, tmp_path):
     assert_same_detections(pairs, score_thr=0.05, fraction=0.98)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['fcos', 'faster_rcnn'])
 def test_stock_detectors_export_and_run(name, example_image, toy, tmp_path):
     """Seeded random weights: export, dynamic H/W, run at two sizes, detections
@@ -435,6 +444,7 @@ def test_stock_detectors_export_and_run(name, example_image, toy, tmp_path):
         assert len(ref.pred_instances) > 0
 
 
+@pytest.mark.slow
 def test_mask_rcnn_dynamic_onnxruntime(example_image, toy, tmp_path):
     """This repository's Mask R-CNN (seeded, spread scores): dynamic export, masks
     pasted by mmdeploy's backend model, at two sizes; detections found in both
@@ -495,6 +505,7 @@ def seg_images(sizes=SIZES, seed=0):
 @pytest.mark.parametrize('backend,shape', [('onnxruntime', 'dynamic'),
                                            ('onnxruntime', 'static'),
                                            ('openvino', 'dynamic')])
+@pytest.mark.slow
 def test_semantic_fpn(backend, shape, tmp_path):
     """Label maps >= 99.9 % equal to mmseg's test_step, at two sizes."""
     if backend == 'openvino':
@@ -537,6 +548,7 @@ def test_classifier(shape, tmp_path):
 
 
 # ------------------------------------------------------------------ int8
+@pytest.mark.slow
 def test_int8_quantization_of_the_mmdeploy_file(retinanet_dynamic, trained_retinanet, toy,
                                                 tmp_path):
     """casvit_mm.deploy.ort_quantization quantizes the network of the file mmdeploy

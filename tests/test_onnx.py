@@ -113,6 +113,7 @@ def test_roi_align_matches_mmcv(aligned, sampling_ratio, tmp_path):
     assert relative_error([reference], [out]) < TOL
 
 
+@pytest.mark.slow
 def test_mask_rcnn_end_to_end(tmp_path):
     """Image -> boxes, scores, labels and masks pasted into the image, with a
     dynamic batch: the exported deployed Mask R-CNN finds every detection of
@@ -171,6 +172,7 @@ def test_detector_wrapper_refuses_what_it_does_not_export():
         exact_graph(build_model(osp.join(REPO, 'configs/segmentation/fpn_casvit_xs.py')))
 
 
+@pytest.mark.slow
 def test_export_tool_semantic_fpn(tmp_path):
     """The command-line tool end to end: it exports the deployed backbone and the
     segmentor (through mmdeploy, dynamic H/W) and checks onnxruntime against the

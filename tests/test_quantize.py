@@ -74,6 +74,7 @@ def toy_classifier(tmp_path_factory):
     return cfg, root, checkpoint
 
 
+@pytest.mark.slow
 def test_toy_classifier_end_to_end(toy_classifier, tmp_path):
     """The tool on a toy-trained classifier: fp32 and int8 files written, int8
     holds quantized convolutions and is under half the size, its scores stay
@@ -159,6 +160,7 @@ def retina_fp32(tmp_path_factory):
     return exported.onnx, example
 
 
+@pytest.mark.slow
 def test_retinanet_post_processing_stays_float(retina_fp32, tmp_path):
     """In mmdeploy's whole RetinaNet only the network is quantized: every
     convolution of the backbone, neck and head reads int8, nothing outside the
@@ -242,6 +244,7 @@ def test_bad_input(toy_classifier, tmp_path, monkeypatch, capsys):
             CLS_TOY, '--onnx', plain, '--cfg-options', *loader_options(root)], monkeypatch)
 
 
+@pytest.mark.slow
 def test_toy_classifier_nncf_openvino(toy_classifier, tmp_path):
     """--backend openvino: NNCF writes an int8 OpenVINO IR (FakeQuantize on the
     network's convolutions, the kind recorded, int8 weights: under half the
@@ -281,6 +284,7 @@ def test_toy_classifier_nncf_openvino(toy_classifier, tmp_path):
     assert 0 < error < NNCF_SCORE_TOL and mean_error < MEAN_SCORE_TOL and agree >= 0.9
 
 
+@pytest.mark.slow
 def test_nncf_keeps_retinanet_post_processing_float(retina_fp32, tmp_path):
     """NNCF on mmdeploy's whole RetinaNet: every FakeQuantize feeds the network;
     box decoding, top-k and NMS stay float, and the int8 model returns
