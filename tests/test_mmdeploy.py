@@ -505,7 +505,6 @@ def seg_images(sizes=SIZES, seed=0):
 @pytest.mark.parametrize('backend,shape', [('onnxruntime', 'dynamic'),
                                            ('onnxruntime', 'static'),
                                            ('openvino', 'dynamic')])
-@pytest.mark.slow
 def test_semantic_fpn(backend, shape, tmp_path):
     """Label maps >= 99.9 % equal to mmseg's test_step, at two sizes."""
     if backend == 'openvino':
