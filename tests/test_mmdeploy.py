@@ -9,6 +9,7 @@ OpenVINO, and compared with the PyTorch model's own ``test_step`` on the same
 batches, at image sizes and aspect ratios not used at export. Exports are shared
 per module; images are the toy shapes at 64-160 px.
 """
+import copy
 import glob
 import os.path as osp
 import subprocess
@@ -24,11 +25,14 @@ from mmengine.config import Config
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from casvit_mm.cli import build_model
-from casvit_mm.deploy.dispatch import (backend_model, deploy_config, export, pipeline_data,
-                                       task_of)
+from casvit_mm.deploy.accuracy import evaluate_models
+from casvit_mm.deploy.dispatch import (backend_model, deploy_config, exact_graph, export,
+                                       exported_file, pipeline_data, task_of)
+from casvit_mm.deploy.onnx_export import (DetectorEnd2End, export_onnx, matched_pairs,
+                                          onnxruntime_session, run_onnxruntime)
 from casvit_mm.deploy.parity import (classification_agreement, detection_agreement,
                                      segmentation_agreement)
-from casvit_mm.toy_data.coco import make_toy_coco
+from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
 from conftest import ONE_THREAD, REPO
 
 RETINA_TOY = osp.join(REPO, 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py')
@@ -165,6 +169,28 @@ def compare(exported, model, images, input_shape=None):
     return pairs
 
 
+def assert_same_metrics(cfg, model, exported, max_diff=0.005):
+    """The config's evaluator on its test split (the toy val set): PyTorch's
+    test_step and mmdeploy's backend model within ``max_diff`` on every headline
+    metric, and a real metric (not 0 == 0)."""
+    from casvit_mm.deploy.accuracy import HEADLINE
+    reference, deployed = evaluate_models([model, backend_model(exported, threads=1)], cfg)
+    checked = [k for k in reference if k.endswith(HEADLINE)]
+    assert checked and reference['coco/bbox_mAP_50'] > 0.05, reference
+    for key in checked:
+        assert abs(reference[key] - deployed[key]) <= max_diff, (key, reference, deployed)
+    return reference, deployed
+
+
+def toy_config(config, toy):
+    """``config`` reading the toy data, loaders in this process."""
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict(dict(kv.split('=', 1) for kv in cfg_options(toy['root'])))
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[key].update(num_workers=0, persistent_workers=False)
+    return cfg
+
+
 def assert_same_detections(pairs, score_thr=0., fraction=1.0, min_total=10):
     ref, out = [p[0] for p in pairs], [p[1] for p in pairs]
     found, total, back, total_back = detection_agreement(ref, out, score_thr)
@@ -221,6 +247,7 @@ def trained_rtmdet(toy, tmp_path_factory):
 
 
 # ------------------------------------------------------------------ the patches
+@pytest.mark.slow
 def test_import_casvit_mm_does_not_import_mmdeploy():
     """``import casvit_mm`` costs nothing for users without mmdeploy; mmdeploy's
     first import applies the patches (what ``custom_imports`` and the docs do)."""
@@ -263,6 +290,7 @@ def retinanet_dynamic(trained_retinanet, example_image, tmp_path_factory):
                   str(tmp_path_factory.mktemp('retina_dyn')), example_image)
 
 
+@pytest.mark.slow
 def test_exported_graph_is_the_fused_casvit(retinanet_dynamic):
     """BN folded (no BatchNormalization left but the output norm RetinaNet keeps),
     GELU one node (opset 20), no private mkldnn kernels, dynamic H and W."""
@@ -277,6 +305,7 @@ def test_exported_graph_is_the_fused_casvit(retinanet_dynamic):
     assert [d.dim_param for d in dims] == ['batch', '', 'height', 'width']
 
 
+@pytest.mark.slow
 def test_retinanet_dynamic_onnxruntime(retinanet_dynamic, trained_retinanet, toy):
     """Trained RetinaNet: at sizes not used at export, every detection of mmdet's
     test_step with score >= 0.15 is found and nothing else (mmdeploy's candidate
@@ -286,6 +315,58 @@ def test_retinanet_dynamic_onnxruntime(retinanet_dynamic, trained_retinanet, toy
     assert_same_detections(pairs, score_thr=0.15, fraction=0.98)
 
 
+@pytest.mark.slow
+def test_retinanet_evaluator_on_the_toy_val_set(retinanet_dynamic, trained_retinanet, toy):
+    """RetinaNet is a head where mmdeploy's candidate selection differs from mmdet's
+    by design (docs/deploy.md): the criterion is >= 98 % of the detections matched
+    both ways (above) and the config's evaluator within 0.005 on the toy val set."""
+    cfg = toy_config(RETINA_TOY, toy)
+    model = build_model(cfg, trained_retinanet)
+    assert_same_metrics(cfg, model, exported_file(cfg, retinanet_dynamic.onnx))
+
+
+@pytest.mark.slow
+def test_retinanet_exact_graph_keeps_mmdets_candidates(retinanet_dynamic, trained_retinanet,
+                                                        toy, tmp_path):
+    """Why the hand-written RetinaNet graph is kept (dispatch.exact_graph): on the
+    same trained model and images it finds every detection of mmdet's test_step,
+    down to score_thr and the max_per_img cut (same label, IoU >= 0.99, score within
+    1e-3; a dynamic batch), where mmdeploy's file, which keeps every class of its
+    pre_top_k anchors instead of mmdet's top (anchor, class) pairs, finds fewer at
+    80x160 (measured 389 of 400; at 96x96, 128x96 and 96x160 both find all 400)."""
+    from mmdet.structures import DetDataSample
+    model = build_model(RETINA_TOY, trained_retinanet)
+    images = torch.stack([torch.from_numpy(i).permute(2, 0, 1)
+                          for i in toy_images(toy, [(80, 160)] * 4)])
+    H, W = images.shape[2:]
+    data = dict(inputs=list(images), data_samples=[DetDataSample(metainfo=dict(
+        img_shape=(H, W), ori_shape=(H, W), scale_factor=(1., 1.))) for _ in images])
+    with torch.no_grad():
+        reference = model.test_step(copy.deepcopy(data))
+        deployed = backend_model(retinanet_dynamic, threads=1).test_step(copy.deepcopy(data))
+    assert min(len(r.pred_instances) for r in reference) >= 20  # a real comparison
+
+    graph = exact_graph(model)
+    assert isinstance(graph, DetectorEnd2End)
+    path = export_onnx(graph, images[:1].float(), str(tmp_path / 'retinanet.onnx'),
+                       dynamo=False, output_names=['boxes', 'scores', 'labels'],
+                       dynamic_batch=True)
+    boxes, scores, labels = run_onnxruntime(onnxruntime_session(path, threads=1),
+                                            images.float())  # 4 images, exported with 1
+    exact_found = total = 0
+    for b, ref in enumerate(r.pred_instances for r in reference):
+        keep = scores[b] > 0  # the rest is padding
+        assert keep.sum() == len(ref.scores)
+        exact_found += len(matched_pairs((ref.bboxes, ref.scores, ref.labels),
+                                         (boxes[b][keep], scores[b][keep], labels[b][keep])))
+        total += len(ref.scores)
+    mmdeploy_found, _, _, _ = detection_agreement(reference, deployed)
+    print(f'every detection: exact graph {exact_found} of {total}, mmdeploy {mmdeploy_found}')
+    assert exact_found >= 0.99 * total
+    assert mmdeploy_found < exact_found
+
+
+@pytest.mark.slow
 def test_retinanet_static_onnxruntime(trained_retinanet, example_image, toy, tmp_path):
     """A static file takes one size; mmdeploy's pipeline resizes every image to it."""
     exported = export(RETINA_TOY, trained_retinanet, 'onnxruntime', 'static', str(tmp_path),
@@ -297,6 +378,7 @@ def test_retinanet_static_onnxruntime(trained_retinanet, example_image, toy, tmp
     assert_same_detections(pairs, score_thr=0.15, fraction=0.98)
 
 
+@pytest.mark.slow
 def test_retinanet_dynamic_openvino(trained_retinanet, example_image, toy, tmp_path):
     pytest.importorskip('openvino')
     exported = export(RETINA_TOY, trained_retinanet, 'openvino', 'dynamic', str(tmp_path),
@@ -307,6 +389,7 @@ def test_retinanet_dynamic_openvino(trained_retinanet, example_image, toy, tmp_p
                            fraction=0.98)
 
 
+@pytest.mark.slow
 def test_rtmdet_user_habit_and_parity(trained_rtmdet, toy, tmp_path):
     """What a user types: ``import casvit_mm`` and mmdeploy's own torch2onnx with a
     shipped deploy config; then the file against mmdet at two other sizes."""
@@ -326,17 +409,17 @@ def test_rtmdet_user_habit_and_parity(trained_rtmdet, toy, tmp_path):
     assert not [n.name for n in nodes if n.op_type == 'BatchNormalization'
                 and n.name.startswith('/backbone/') and not n.name.startswith('/backbone/norm')]
 
-    from casvit_mm.deploy.dispatch import Exported
     cfg = Config.fromfile(config)
-    exported = Exported([str(tmp_path / 'end2end.onnx')], str(tmp_path / 'end2end.onnx'),
-                        Config.fromfile(deploy), cfg, 'detection', 'onnxruntime', 'dynamic')
+    exported = exported_file(cfg, str(tmp_path / 'end2end.onnx'))
     model = build_model(cfg, checkpoint)
     pairs = compare(exported, model, toy_images(toy, [(128, 96), (96, 160), (112, 112)]))
     # mmdeploy keeps every class of its pre_top_k anchors where mmdet keeps the
-    # top (anchor, class) pairs: >= 98 % both ways (docs/deploy.md)
+    # top (anchor, class) pairs: >= 98 % both ways (docs/deploy.md; the evaluator is
+    # not within 0.005 for this 60-iteration model on 4 val images: 0.107 vs 0.092)
     assert_same_detections(pairs, score_thr=0.05, fraction=0.98)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['fcos', 'faster_rcnn'])
 def test_stock_detectors_export_and_run(name, example_image, toy, tmp_path):
     """Seeded random weights: export, dynamic H/W, run at two sizes, detections
@@ -361,6 +444,7 @@ def test_stock_detectors_export_and_run(name, example_image, toy, tmp_path):
         assert len(ref.pred_instances) > 0
 
 
+@pytest.mark.slow
 def test_mask_rcnn_dynamic_onnxruntime(example_image, toy, tmp_path):
     """This repository's Mask R-CNN (seeded, spread scores): dynamic export, masks
     pasted by mmdeploy's backend model, at two sizes; detections found in both
@@ -375,7 +459,6 @@ def test_mask_rcnn_dynamic_onnxruntime(example_image, toy, tmp_path):
                       str(tmp_path / 'out'), example_image)
     assert exported.task == 'instance-seg'
     model = build_model(MASK_RCNN_TOY, checkpoint)
-    from casvit_mm.onnx_export import matched_pairs
     for ref, out in compare(exported, model, toy_images(toy)):
         a, b = ref.pred_instances, out.pred_instances
         top = a.scores.argsort(descending=True)[:5]
@@ -464,26 +547,27 @@ def test_classifier(shape, tmp_path):
 
 
 # ------------------------------------------------------------------ int8
+@pytest.mark.slow
 def test_int8_quantization_of_the_mmdeploy_file(retinanet_dynamic, trained_retinanet, toy,
                                                 tmp_path):
-    """casvit_mm.quantization quantizes the network of the file mmdeploy wrote (same
-    node scopes as its own graphs), calibrated on toy images as the data
+    """casvit_mm.deploy.ort_quantization quantizes the network of the file mmdeploy
+    wrote (the kind it recorded), calibrated on toy images as the data
     preprocessor gives them; the int8 file keeps dynamic H/W and its detections."""
-    from casvit_mm.quantization import quantize_onnx, quantized_ops
     from casvit_mm.deploy.dispatch import onnxruntime_session
+    from casvit_mm.deploy.ort_quantization import quantize_onnx, quantized_ops, read_kind
     model = build_model(RETINA_TOY, trained_retinanet)
     batches = []
     for image in toy_images(toy, [(96, 128), (128, 96)]):
         inputs = model.data_preprocessor(pipeline_data(retinanet_dynamic, [image]))['inputs']
-        batches.append({'input': inputs.numpy()})
-    int8 = quantize_onnx(retinanet_dynamic.onnx, str(tmp_path / 'int8.onnx'), batches,
-                         kind='retinanet')
+        batches.append({'images': inputs.numpy()})
+    assert read_kind(retinanet_dynamic.onnx) == 'detection'
+    int8 = quantize_onnx(retinanet_dynamic.onnx, str(tmp_path / 'int8.onnx'), batches)
     ops = quantized_ops(int8)
     assert ops['QuantizeLinear'] > 100
     fp32 = onnxruntime_session(retinanet_dynamic.onnx, 1)
     session = onnxruntime_session(int8, 1)
     for batch in batches:
-        dets, labels = session.run(None, batch)
-        ref_dets, ref_labels = fp32.run(None, batch)
+        dets, labels = session.run(None, {'input': batch['images']})
+        ref_dets, ref_labels = fp32.run(None, {'input': batch['images']})
         assert dets.shape == ref_dets.shape and dets.shape[-1] == 5
         assert labels[0, 0] == ref_labels[0, 0]  # the best detection keeps its class

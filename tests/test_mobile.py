@@ -31,8 +31,8 @@ from casvit_mm.deploy.mobile import (PORTABLE_OK, ExecuTorchModel,  # noqa: E402
                                      MobileExportError,
                                      MobileNetwork, export_program, host_predictions,
                                      mobile_kind, mobile_network, to_coreml, to_executorch)
-from casvit_mm.onnx_export import match_detections  # noqa: E402
-from casvit_mm.quantization import batch_images, calibration_loader  # noqa: E402
+from casvit_mm.deploy.onnx_export import match_detections  # noqa: E402
+from casvit_mm.deploy.ort_quantization import batch_images, calibration_loader  # noqa: E402
 from casvit_mm.toy_data.ade import make_toy_ade  # noqa: E402
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco  # noqa: E402
 from casvit_mm.toy_data.imagenet import make_toy_imagenet  # noqa: E402

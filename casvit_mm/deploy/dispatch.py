@@ -18,7 +18,15 @@ CAS-ViT into its fused deploy form at export
 
 The table ``TASKS`` (codebase -> deploy-config folder) and :func:`task_of` are the
 whole dispatch; other exporters (mobile runtimes, other quantizers) call
-:func:`task_of` / :func:`deploy_config` to agree on what a model is.
+:func:`task_of` / :func:`deploy_config` to agree on what a model is. Every file
+written here records its kind (the task, or ``'backbone'`` for
+:func:`export_backbone`) in its metadata (``KIND_KEY``): the quantizers read it
+to tell the network's nodes from the post-processing.
+
+Besides mmdeploy's files, :func:`exact_graph` gives the one hand-written graph
+kind kept: whole RetinaNet / Mask R-CNN with mmdet's exact candidate selection
+(docs/deploy.md says why), for ``tools/deployment/export_onnx.py --wrappers``
+and the benchmark's ``onnx-exact`` variant.
 """
 import os.path as osp
 from dataclasses import dataclass, field
@@ -26,13 +34,21 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ['BACKENDS', 'SHAPES', 'Exported', 'backend_model', 'deploy_config',
-           'deploy_config_dir', 'export', 'onnxruntime_session', 'pipeline_data', 'task_of']
+__all__ = ['BACKENDS', 'KIND_KEY', 'SHAPES', 'Exported', 'backend_model', 'deploy_config',
+           'deploy_config_dir', 'exact_graph', 'export', 'export_backbone', 'exported_file',
+           'onnxruntime_session', 'pipeline_data', 'record_kind', 'task_of']
 
 BACKENDS = ('onnxruntime', 'openvino')
 SHAPES = ('static', 'dynamic')
 # the deploy-config folder of each task (mmdeploy's own layout: configs/mmdet/detection, ...)
 TASKS = ('detection', 'instance-seg', 'segmentation', 'classification')
+# The metadata key under which every file written here records its kind (a task of
+# TASKS, or 'backbone').
+KIND_KEY = 'casvit_mm.kind'
+# The opset of the files written here (as configs/mmdeploy/_base_/onnx_config.py):
+# from 20 on GELU is one node, which onnxruntime keeps whole between quantized
+# convolutions (at 17 it is five element-wise ops, each wrapped in quantize / dequantize).
+OPSET = 20
 
 
 def deploy_config_dir() -> str:
@@ -153,7 +169,7 @@ def export(model_cfg, checkpoint: Optional[str] = None, backend: str = 'onnxrunt
     mmengine.mkdir_or_exist(work_dir)
     image = _example_image() if image is None else image
     torch2onnx(image, work_dir, save_file, deploy_cfg, model_cfg, checkpoint, device)
-    onnx_file = osp.join(work_dir, save_file)
+    onnx_file = record_kind(osp.join(work_dir, save_file), task_of(model_cfg))
     files = [onnx_file]
     if backend == 'openvino':
         files = to_backend('openvino', [onnx_file], work_dir=work_dir, deploy_cfg=deploy_cfg,
@@ -164,7 +180,76 @@ def export(model_cfg, checkpoint: Optional[str] = None, backend: str = 'onnxrunt
                     shape=shape, input_hw=tuple(hw[::-1]) if hw else None)
 
 
-def backend_model(exported: Exported, device: str = 'cpu', clip_boxes: bool = True):
+def record_kind(path: str, kind: str) -> str:
+    """Write ``kind`` into the ONNX file's metadata (``KIND_KEY``); returns ``path``."""
+    import onnx
+    proto = onnx.load(path)
+    for entry in list(proto.metadata_props):
+        if entry.key == KIND_KEY:
+            proto.metadata_props.remove(entry)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = KIND_KEY, kind
+    onnx.save(proto, path)
+    return path
+
+
+def exported_file(model_cfg, path: str, backend: Optional[str] = None,
+                  shape: str = 'dynamic') -> Exported:
+    """An :class:`Exported` for a file written before (by :func:`export`, or a file
+    derived from one, e.g. its int8 copy): the model config, the shipped deploy
+    config of its task and ``backend`` (default: ``openvino`` for an ``.xml``)."""
+    model_cfg = _load(model_cfg)
+    backend = backend or ('openvino' if path.endswith('.xml') else 'onnxruntime')
+    from mmengine.config import Config
+    deploy_cfg = Config.fromfile(deploy_config(model_cfg, backend, shape))
+    onnx_file = path if path.endswith('.onnx') else osp.join(osp.dirname(path), 'end2end.onnx')
+    return Exported(files=[path], onnx=onnx_file, deploy_cfg=deploy_cfg, model_cfg=model_cfg,
+                    task=task_of(model_cfg), backend=backend, shape=shape)
+
+
+def export_backbone(backbone, example, path: str, dynamo: bool = False) -> str:
+    """A backbone alone (mmdeploy exports whole models only): a CAS-ViT in its
+    deploy form (``switch_model_to_deploy``, NCHW weights; the module given is
+    not changed), any other backbone (the benchmark's ResNets) as it is; at
+    ``example``'s image size, batch dynamic unless ``dynamo``, opset
+    :data:`OPSET`, the kind ``'backbone'`` recorded. ``dynamo=True``: the
+    ``torch.export``-based exporter instead of the TorchScript one (which names
+    nodes after modules and gives a dynamic batch)."""
+    import copy
+
+    from ..models import CASViT
+    from .switch import switch_model_to_deploy
+    from .onnx_export import export_onnx
+    deployed = copy.deepcopy(backbone)
+    if any(isinstance(m, CASViT) for m in deployed.modules()):
+        deployed = switch_model_to_deploy(deployed, channels_last=False)
+    export_onnx(deployed, example, path, dynamo=dynamo, dynamic_batch=not dynamo, opset=OPSET)
+    return record_kind(path, 'backbone')
+
+
+def exact_graph(model):
+    """The hand-written whole-model graph kept for what mmdeploy's files do not do
+    (mmdet's exact candidate selection, the data preprocessor inside: images as
+    loaded in; docs/deploy.md): ``DetectorEnd2End`` for single-stage anchor heads
+    (RetinaNet), ``MaskRCNNEnd2End`` for Mask R-CNN, on the deployed (NCHW) copy of
+    ``model``. Anything else raises: export it with :func:`export`."""
+    import copy
+
+    from .switch import switch_model_to_deploy
+    from .onnx_export import DetectorEnd2End, MaskRCNNEnd2End
+    if getattr(model, 'with_rpn', False):
+        wrapper = MaskRCNNEnd2End
+    elif hasattr(model, 'bbox_head'):
+        wrapper = DetectorEnd2End
+    else:
+        raise ValueError(f'{type(model).__name__}: no hand-written graph (only RetinaNet and '
+                         f'Mask R-CNN keep one); mmdeploy\'s file gives the same results: '
+                         f'export it without --wrappers')
+    return wrapper(switch_model_to_deploy(copy.deepcopy(model), channels_last=False))
+
+
+def backend_model(exported: Exported, device: str = 'cpu', clip_boxes: bool = True,
+                  threads: Optional[int] = None):
     """mmdeploy's backend model for an export (``End2EndModel``: the config's data
     preprocessor in PyTorch, the file in its runtime, mmdeploy's post-processing);
     ``test_step(data)`` gives the data samples mmdet / mmseg / mmpretrain's own
@@ -173,11 +258,18 @@ def backend_model(exported: Exported, device: str = 'cpu', clip_boxes: bool = Tr
     ``clip_boxes``: clip detections to the original image, as mmdet does
     (mmdeploy clips to the padded network input; see
     :func:`casvit_mm.deploy.parity.clip_boxes_to_image`).
+    ``threads``: the runtime's threads (mmdeploy's own sessions take every core).
     """
     from mmdeploy.apis import build_task_processor
     processor = build_task_processor(exported.model_cfg, exported.deploy_cfg, device)
     model = processor.build_backend_model(
         exported.files, data_preprocessor_updater=processor.update_data_preprocessor)
+    if threads is not None and exported.backend == 'onnxruntime':
+        model.wrapper.sess = onnxruntime_session(exported.files[0], threads, spinning=False)
+        model.wrapper.io_binding = model.wrapper.sess.io_binding()
+    elif threads is not None:  # casvit_mm's OpenVINO wrapper (mmdeploy_compat)
+        model.wrapper = type(model.wrapper)(exported.files[0], model.wrapper.output_names,
+                                            threads=threads)
     if clip_boxes and exported.task in ('detection', 'instance-seg'):
         from .parity import clip_boxes_to_image
         forward = model.forward
@@ -199,8 +291,9 @@ def pipeline_data(exported: Exported, images, input_shape=None):
 def onnxruntime_session(path: str, threads: Optional[int] = None, spinning: bool = True):
     """An onnxruntime CPU session for a file mmdeploy wrote, with mmdeploy's
     custom-ops library (``libmmdeploy_onnxruntime_ops.so``, shipped in its wheel)
-    registered where it exists; see ``casvit_mm.onnx_export.onnxruntime_session``
-    for ``threads`` and ``spinning``."""
+    registered where it exists; ``threads``: intra-op threads (None: onnxruntime's
+    default); ``spinning=False`` stops idle threads from busy-waiting after a run
+    (they would steal the CPU from whatever runs next in the process)."""
     import ctypes
 
     import onnxruntime as ort

@@ -105,25 +105,38 @@ def _patch_openvino_backend():
 
     class OpenVINOWrapper(BaseWrapper):
         """mmdeploy's OpenVINO wrapper on ``openvino.Core`` (CPU, float32:
-        OpenVINO would pick bf16 by itself on CPUs that have it)."""
+        OpenVINO would pick bf16 by itself on CPUs that have it), the model
+        compiled at each input shape it meets (reshaped to it, kept per shape).
+
+        Why per shape: OpenVINO 2026.4 runs int8 models (NNCF's IR, onnxruntime's
+        QDQ files) with dynamic H and W wrongly on an AVX2 CPU: the toy
+        classifier's int8 class scores 0.32 away from fp32 with dynamic axes,
+        0.04 reshaped to the batch's shape (fp32 files agree either way)."""
         _casvit_mmdeploy_patch = True
 
         def __init__(self, ir_model_file, output_names=None, threads=None, **kwargs):
             import openvino as ov
-            config = {'INFERENCE_PRECISION_HINT': 'f32'}
+            self.config = {'INFERENCE_PRECISION_HINT': 'f32'}
             if threads:
-                config['INFERENCE_NUM_THREADS'] = threads
-            core = ov.Core()
-            self.model = core.compile_model(core.read_model(ir_model_file), 'CPU', config)
-            names = [next(iter(o.get_names())) for o in self.model.outputs]
+                self.config['INFERENCE_NUM_THREADS'] = threads
+            self.core = ov.Core()
+            self.source = self.core.read_model(ir_model_file)
+            self.compiled = {}
+            names = [next(iter(o.get_names())) for o in self.source.outputs]
             super().__init__(output_names or names)
             self._names = names
 
         def forward(self, inputs):
-            results = self.model({k: v.detach().cpu().contiguous().numpy()
-                                  for k, v in inputs.items()})
+            arrays = {k: v.detach().cpu().contiguous().numpy() for k, v in inputs.items()}
+            key = tuple((k, a.shape) for k, a in sorted(arrays.items()))
+            if key not in self.compiled:
+                model = self.source.clone()
+                model.reshape({k: list(a.shape) for k, a in arrays.items()})
+                self.compiled[key] = self.core.compile_model(model, 'CPU', self.config)
+            compiled = self.compiled[key]
+            results = compiled(arrays)
             return {name: torch.from_numpy(results[out].copy())
-                    for name, out in zip(self._names, self.model.outputs)}
+                    for name, out in zip(self._names, compiled.outputs)}
 
     onnx2openvino.from_onnx = from_onnx
     wrapper.OpenVINOWrapper = OpenVINOWrapper

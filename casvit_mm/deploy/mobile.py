@@ -197,8 +197,8 @@ def calibration_batches(cfg, model, shape: Sequence[int], num_images: int = 32,
     """``num_images`` images of the config's ``split`` through its test pipeline
     and the model's data preprocessor, padded to ``shape``: what the exported
     network takes (the int8 calibration data of
-    :mod:`casvit_mm.quantization`, in tensors)."""
-    from casvit_mm.quantization import DataloaderCalibration
+    :mod:`casvit_mm.deploy.ort_quantization`, in tensors)."""
+    from casvit_mm.deploy.ort_quantization import DataloaderCalibration
     reader = DataloaderCalibration(cfg, model, 'backbone', shape, num_images, batch_size,
                                    split, seed)
     return [torch.from_numpy(batch['images']) for batch in reader]
@@ -373,7 +373,7 @@ def evaluate_mobile(runners: Sequence, cfg, model: nn.Module, kind: str,
     from mmengine.evaluator import Evaluator
     from mmengine.runner import Runner
 
-    from casvit_mm.quantization import batch_images
+    from casvit_mm.deploy.ort_quantization import batch_images
     if kind == 'backbone':
         raise MobileExportError('evaluation needs a whole model (a backbone has no metric)')
     loader_cfg = copy.deepcopy(cfg.get('test_dataloader') or cfg.val_dataloader)

@@ -1,6 +1,6 @@
 """INT8 for OpenVINO through NNCF, and running OpenVINO at a stated precision.
 
-Why a second INT8 path next to onnxruntime's (:mod:`casvit_mm.quantization`):
+Why a second INT8 path next to onnxruntime's (:mod:`casvit_mm.deploy.ort_quantization`):
 onnxruntime has no int8 GELU, so its QDQ file runs CAS-ViT's 30 GELUs in
 float between a dequantize and a quantize, and gains little on the backbone.
 NNCF quantizes the OpenVINO model instead: OpenVINO fuses GELU (and the
@@ -13,7 +13,7 @@ The pieces (what ``tools/deployment/quantize.py --backend openvino`` and the
 benchmark's ``int8-nncf`` variant run):
 
 * :func:`quantize_openvino`: the fp32 ONNX file that
-  :func:`casvit_mm.quantization.export_for_quantization` wrote, read by
+  :func:`casvit_mm.deploy.dispatch.export` wrote, read by
   OpenVINO, quantized by ``nncf.quantize`` on calibration images (the
   config's own, as for onnxruntime), saved as IR with the kind recorded.
   Only the network is quantized: every node outside ``NETWORK_SCOPES`` (the
@@ -31,8 +31,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from ..quantization import (KIND_KEY, NETWORK_SCOPES, QuantizationError, evaluate_runners,
-                            read_kind)
+from .ort_quantization import KIND_KEY, NETWORK_SCOPES, QuantizationError, read_kind
 
 __all__ = ['quantize_openvino', 'read_ir_kind', 'fake_quantize_count', 'compile_openvino',
            'run_compiled', 'effective_precision', 'evaluate_openvino', 'perf_counters',
@@ -165,7 +164,7 @@ def ir_size(path):
     return size
 
 
-def compile_openvino(path, threads=None, precision='f32', perf_count=False):
+def compile_openvino(path, threads=None, precision='f32', perf_count=False, input_shape=None):
     """An ONNX or IR file compiled for the CPU.
 
     Args:
@@ -174,6 +173,10 @@ def compile_openvino(path, threads=None, precision='f32', perf_count=False):
             has it; elsewhere it keeps f32: see :func:`effective_precision`),
             or None for OpenVINO's choice (bf16 on CPUs with native bf16).
         perf_count (bool): Collect per-layer counters (:func:`perf_counters`).
+        input_shape (sequence, optional): reshape a file with dynamic axes
+            (mmdeploy's) to this shape first: OpenVINO runs int8 files with
+            dynamic H and W wrongly on AVX2 CPUs (see
+            :func:`casvit_mm.deploy.onnx_export.openvino_model`).
     """
     ov = _openvino()
     config = {}
@@ -184,7 +187,10 @@ def compile_openvino(path, threads=None, precision='f32', perf_count=False):
     if perf_count:
         config['PERF_COUNT'] = True
     core = ov.Core()
-    return core.compile_model(core.read_model(path), 'CPU', config)
+    model = core.read_model(path)
+    if input_shape is not None:
+        model.reshape(list(input_shape))
+    return core.compile_model(model, 'CPU', config)
 
 
 def effective_precision(compiled):
@@ -200,19 +206,19 @@ def run_compiled(compiled, images):
     return list(compiled([images]).values())
 
 
-def evaluate_openvino(paths, cfg, model, shape, threads=None, precision='f32'):
-    """Score fp32 ONNX and int8 IR files, run by OpenVINO at ``precision``,
-    with the config's test evaluator (as :func:`casvit_mm.quantization.evaluate_onnx`
-    does in onnxruntime). Returns the metrics of each file."""
+def evaluate_openvino(paths, cfg, threads=None):
+    """Score an fp32 ONNX / IR file and its int8 IR with the config's test
+    evaluator, each run by mmdeploy's backend model in OpenVINO (f32 hint),
+    through :func:`casvit_mm.deploy.accuracy.evaluate_models`. Returns the
+    metrics of each file."""
+    from .accuracy import evaluate_models
+    from .dispatch import backend_model, exported_file
     kinds = {file_kind(p) for p in paths}
     if len(kinds) != 1 or 'backbone' in kinds:
         raise QuantizationError(f'evaluation needs whole-model files of one kind, got '
                                 f'{sorted(kinds)}')
-    runners = []
-    for path in paths:
-        compiled = compile_openvino(path, threads, precision)
-        runners.append(lambda images, c=compiled: run_compiled(c, images))
-    return evaluate_runners(runners, kinds.pop(), cfg, model, shape)
+    return evaluate_models([backend_model(exported_file(cfg, p, 'openvino'), threads=threads)
+                            for p in paths], cfg)
 
 
 def perf_counters(compiled, images, runs=3):

@@ -42,7 +42,7 @@ def detection_agreement(reference: Sequence, deployed: Sequence, score_thr: floa
     """``(found, total, found_back, total_back)`` over a batch: how many of the
     reference's detections with score >= ``score_thr`` the deployed model has (same
     label, IoU >= ``iou``, score within ``score_tol``), and the other way round."""
-    from casvit_mm.onnx_export import matched_pairs
+    from casvit_mm.deploy.onnx_export import matched_pairs
     found = total = found_back = total_back = 0
     for ref, out in zip(reference, deployed):
         a = _detections(ref.pred_instances, score_thr)

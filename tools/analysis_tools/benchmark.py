@@ -23,8 +23,13 @@ Variants (--variants), each from the same random weights:
                      no fused kernels)
   compile            switch_model_to_deploy(compile=True)
   freezing           switch_model_to_deploy(compile='freezing') (Inductor freezing)
-  onnx               the deployed network exported and run in onnxruntime (backbones;
-                     RetinaNet image -> boxes after NMS; Semantic FPN image -> label map)
+  onnx               the file the export dispatch writes (casvit_mm.deploy.dispatch), run in
+                     onnxruntime: backbones their deployed form; whole models mmdeploy's
+                     file (dynamic H/W, the fused CAS-ViT; detectors: preprocessed image
+                     -> boxes after NMS; Semantic FPN: preprocessed image -> label map)
+  onnx-exact         detectors (RetinaNet, Mask R-CNN): the hand-written graph kept for
+                     mmdet's exact candidate selection (dispatch.exact_graph, images as
+                     loaded -> boxes after NMS, the data preprocessor inside), onnxruntime
   bf16               switch_model_to_deploy(bf16=True): the fused network in bf16 in
                      PyTorch (casvit_mm.deploy.bf16); refused, and skipped, on CPUs
                      without native bf16 unless --allow-emulated-bf16
@@ -39,8 +44,7 @@ Variants (--variants), each from the same random weights:
                      float), calibrated on --int8-calib random inputs (timing only: the
                      accuracy cost is measured by quantize.py --eval on real data)
   int8-openvino      the same int8 file run by OpenVINO (pip install openvino)
-  mmdeploy           whole detectors only: the file mmdeploy writes (casvit_mm.deploy.dispatch:
-                     dynamic H/W, onnxruntime, the fused CAS-ViT) run by mmdeploy's backend
+  mmdeploy           whole detectors only: the onnx variant's file run by mmdeploy's backend
                      model's test_step (data preprocessor in PyTorch, network + NMS in
                      onnxruntime with --threads, rescaling): the same call as eval's
   executorch         the deployed backbone in its export-friendly form, lowered to
@@ -56,8 +60,8 @@ Variants (--variants), each from the same random weights:
                      f32 hint
   precision          shorthand for: eval switch_to_deploy bf16 onnx openvino
                      openvino-bf16 int8 int8-openvino int8-nncf
-Every ONNX variant of a model runs the same export (TorchScript exporter,
-opset 20, batch dynamic), so fp32, bf16 and int8 differ only by precision.
+Every ONNX variant of a model runs the same file (the dispatch's: TorchScript
+exporter, opset 20, batch dynamic), so fp32, bf16 and int8 differ only by precision.
 Rows:
   backbones at each --inputs, with mmdet's ResNet-18 and ResNet-50 (the same
   output stages) in the same variants where they apply (eval for the PyTorch
@@ -65,8 +69,8 @@ Rows:
   built from configs/ with random weights: RetinaNet and Mask R-CNN run
   ``test_step`` on one 800x1344 image (data preprocessor, network,
   post-processing with NMS: what tools/test.py runs per image); Semantic FPN
-  maps a 512x512 image to its label map (``SegmentorLabelMap``: normalisation,
-  network, resize, argmax). Eval and deploy differ only in the backbone (and,
+  maps a normalised 512x512 image to its label map (mmseg's ``encode_decode``:
+  network, resize to the input; argmax). Eval and deploy differ only in the backbone (and,
   with test.py--deploy, the FPN lateral convs that absorb its output norms).
 
 Examples:
@@ -80,6 +84,9 @@ Examples:
       --models none --repeats 3
   # INT8 (docs/quantization.md): fp32 and int8 onnxruntime against ResNet-18/50
   python tools/analysis_tools/benchmark.py --variants eval onnx int8 --models retinanet
+  # whole RetinaNet: the hand-written graph against mmdeploy's file (docs/deploy.md)
+  python tools/analysis_tools/benchmark.py --inputs none --models retinanet \
+      --variants eval test.py--deploy onnx-exact onnx mmdeploy --model-repeats 5
   # every precision in every runtime, CAS-ViT-M against ResNet-18/50 (docs/quantization.md)
   python tools/analysis_tools/benchmark.py --variants precision --models retinanet \
       --json work_dirs/benchmark_precision.json
@@ -101,12 +108,12 @@ from casvit_mm.cli import build_model, deploy_config, relative_error
 from casvit_mm.deploy.bf16 import Bf16Unsupported, check_bf16, to_bf16
 from casvit_mm.deploy.cpu_isa import isa, isa_line
 from casvit_mm.deploy.switch import switch_model_to_deploy
-from casvit_mm.onnx_export import (DetectorEnd2End, SegmentorLabelMap, onnxruntime_session,
-                                   run_onnxruntime)
+from casvit_mm.deploy.dispatch import export_backbone
+from casvit_mm.deploy.onnx_export import onnxruntime_session, run_onnxruntime
 
 VARIANTS = ['eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy', 'nchw', 'compile',
             'freezing', 'bf16', 'onnx', 'openvino', 'openvino-bf16', 'int8', 'int8-openvino',
-            'int8-nncf', 'mmdeploy', 'executorch', 'executorch-int8']
+            'int8-nncf', 'mmdeploy', 'onnx-exact', 'executorch', 'executorch-int8']
 PRECISION = ['eval', 'switch_to_deploy', 'bf16', 'onnx', 'openvino', 'openvino-bf16', 'int8',
              'int8-openvino', 'int8-nncf']
 # Variants that run an exported file, and the ones that need OpenVINO.
@@ -233,12 +240,13 @@ def fused_copy(base, variant, allow_emulated_bf16=False):
 
 
 def casvit_variants(name, base, variants, fn, batch, onnx=None, mmdeploy=None,
-                    executorch=None, allow_emulated_bf16=False):
+                    executorch=None, allow_emulated_bf16=False, exact=None):
     """The requested variants of one CAS-ViT model (a backbone or a whole model).
 
     ``fn(model)`` is what is timed; ``onnx(runtime)``, if given, returns the
     callable running the exported network in onnxruntime or OpenVINO;
-    ``executorch(variant)`` the one running the ExecuTorch .pte.
+    ``executorch(variant)`` the one running the ExecuTorch .pte; ``mmdeploy`` and
+    ``exact()`` the whole-detector runners.
     """
     baseline = (name, 'eval')
     out = []
@@ -246,6 +254,10 @@ def casvit_variants(name, base, variants, fn, batch, onnx=None, mmdeploy=None,
         if variant == 'mmdeploy':
             if mmdeploy is not None:
                 out.append(Variant(name, variant, mmdeploy, batch, baseline))
+            continue
+        if variant == 'onnx-exact':
+            if exact is not None:
+                out.append(Variant(name, variant, exact(), batch, baseline))
             continue
         if variant in EXECUTORCH:
             if executorch is not None:
@@ -276,20 +288,18 @@ def resnet_variants(name, model, variants, example, onnx, allow_emulated_bf16=Fa
     return out
 
 
-def onnx_runner(module, example, path, threads, kind='backbone', int8_calib=2, output_names=None,
-                **kwargs):
-    """``make(variant)``: export ``module`` at ``example`` once (TorchScript exporter,
-    opset 20, as casvit_mm.quantization exports), quantize it when a variant
-    asks for int8 (onnxruntime's QDQ file, or NNCF's OpenVINO IR, each once),
-    and return a callable running the file in the variant's runtime and
-    precision. The callable's ``profile(top)`` prints OpenVINO's per-layer
+def onnx_runner(export_fp32, example, path, threads, kind='backbone', int8_calib=2):
+    """``make(variant)``: write the fp32 file once (``export_fp32(path)``: the
+    dispatch's export, which records ``kind``), quantize it when a variant asks
+    for int8 (onnxruntime's QDQ file, or NNCF's OpenVINO IR, each once), and
+    return a callable running the file on ``example`` in the variant's runtime
+    and precision. The callable's ``profile(top)`` prints OpenVINO's per-layer
     counters (OpenVINO variants)."""
-    from casvit_mm.quantization import (export_for_quantization, quantize_onnx,
-                                        random_calibration)
+    from casvit_mm.deploy.ort_quantization import quantize_onnx, random_calibration
 
     def fp32():
         if not osp.isfile(path):
-            export_for_quantization(module.eval(), example, path, kind, output_names)
+            export_fp32(path)
         return path
 
     def make(variant):
@@ -306,19 +316,20 @@ def onnx_runner(module, example, path, threads, kind='backbone', int8_calib=2, o
         elif variant == 'openvino-bf16':
             precision = 'bf16'
         if variant in ('onnx', 'int8'):
-            session = onnxruntime_session(file, threads, spinning=False)
+            from casvit_mm.deploy.dispatch import onnxruntime_session as mmdeploy_session
+            session = mmdeploy_session(file, threads, spinning=False)
             return lambda: run_onnxruntime(session, example)
         from casvit_mm.deploy.nncf_int8 import (compile_openvino, effective_precision,
                                                 perf_counters, run_compiled)
-        compiled = compile_openvino(file, threads, precision)
+        compiled = compile_openvino(file, threads, precision, input_shape=example.shape)
         EFFECTIVE_PRECISION[variant] = effective_precision(compiled)
 
         def run():
             return run_compiled(compiled, example)
 
         def profile(top):
-            rows = perf_counters(compile_openvino(file, threads, precision, perf_count=True),
-                                 example)
+            rows = perf_counters(compile_openvino(file, threads, precision, perf_count=True,
+                                                  input_shape=example.shape), example)
             total = sum(r[2] for r in rows) or 1
             for layer, kernel, ms, count in rows[:top]:
                 print(f'  {layer:<24}{kernel:<28}{ms:>10.1f} ms{100 * ms / total:>7.1f} %'
@@ -328,21 +339,38 @@ def onnx_runner(module, example, path, threads, kind='backbone', int8_calib=2, o
     return make
 
 
-def mmdeploy_runner(base, data, hw, work_dir, threads):
-    """``base`` exported through mmdeploy (dynamic H/W, onnxruntime) and its backend
-    model, returned as a callable running ``test_step(data)``."""
+def mmdeploy_export(base, hw, work_dir):
+    """``base`` (random weights) exported through the dispatch (mmdeploy, dynamic
+    H/W, onnxruntime) from an ``hw`` image."""
     import numpy as np
-    from casvit_mm.deploy.dispatch import backend_model, export, onnxruntime_session
+    from casvit_mm.deploy.dispatch import export
     os.makedirs(work_dir, exist_ok=True)
     checkpoint = osp.join(work_dir, 'weights.pth')
     torch.save({'state_dict': base.state_dict()}, checkpoint)
     image = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
-    exported = export(base.cfg, checkpoint, 'onnxruntime', 'dynamic', work_dir, image)
-    model = backend_model(exported)
-    wrapper = model.wrapper  # mmdeploy's session takes every core: give it --threads
-    wrapper.sess = onnxruntime_session(exported.onnx, threads, spinning=False)
-    wrapper.io_binding = wrapper.sess.io_binding()
+    return export(base.cfg, checkpoint, 'onnxruntime', 'dynamic', work_dir, image)
+
+
+def mmdeploy_runner(exported, data, threads):
+    """mmdeploy's backend model of an export, as a callable running ``test_step(data)``."""
+    from casvit_mm.deploy.dispatch import backend_model
+    model = backend_model(exported, threads=threads)
     return lambda: model.test_step(data)
+
+
+def exact_runner(base, image, path, threads):
+    """``make()``: the hand-written whole-detector graph (``dispatch.exact_graph``)
+    exported once and run in onnxruntime on ``image`` (as loaded)."""
+    def make():
+        from casvit_mm.deploy.dispatch import exact_graph
+        from casvit_mm.deploy.onnx_export import export_onnx
+        outputs = ['boxes', 'scores', 'labels'] + ['masks'] * bool(getattr(base, 'with_rpn',
+                                                                           False))
+        export_onnx(exact_graph(base), image, path, dynamo=False, output_names=outputs,
+                    dynamic_batch=True, opset=20)
+        session = onnxruntime_session(path, threads, spinning=False)
+        return lambda: run_onnxruntime(session, image)
+    return make
 
 
 def executorch_runner(network, example, path, threads, int8_calib=2):
@@ -351,7 +379,7 @@ def executorch_runner(network, example, path, threads, int8_calib=2):
     dynamic up to ``example``'s, and return a callable running it."""
     def make(variant):
         from casvit_mm.deploy.mobile import ExecuTorchModel, to_executorch
-        from casvit_mm.quantization import random_calibration
+        from casvit_mm.deploy.ort_quantization import random_calibration
         int8 = variant == 'executorch-int8'
         calibration = ([torch.from_numpy(b['images'])
                         for b in random_calibration(example, int8_calib)] if int8 else None)
@@ -553,7 +581,7 @@ def main():
                 base = CASViT(arch).eval()
                 variants += casvit_variants(
                     f'casvit-{arch}', base, args.variants, lambda m: m(example), shape[0],
-                    onnx=onnx_runner(fused_copy(base, 'nchw'), example,
+                    onnx=onnx_runner(lambda p, b=base: export_backbone(b, example, p), example,
                                      onnx_path(f'casvit-{arch}'), args.threads,
                                      kind='backbone', int8_calib=args.int8_calib),
                     allow_emulated_bf16=emulated,
@@ -562,9 +590,9 @@ def main():
                 model = resnet(int(name[len('resnet'):]))
                 variants += resnet_variants(
                     name, model, args.variants, example,
-                    # Sequential: mmdet's ResNet.eval() returns None, which the exporter calls
-                    onnx_runner(torch.nn.Sequential(model), example, onnx_path(name), args.threads,
-                                kind='backbone', int8_calib=args.int8_calib),
+                    onnx_runner(lambda p, m=model: export_backbone(m, example, p), example,
+                                onnx_path(name), args.threads, kind='backbone',
+                                int8_calib=args.int8_calib),
                     allow_emulated_bf16=emulated)
                 for variant in set(EXECUTORCH) & set(args.variants):  # lowered the same way
                     make = mobile_runner(model, example, onnx_path(name))
@@ -576,13 +604,17 @@ def main():
             for arch in args.arch:
                 name = f'{kind}-casvit-{arch}'
                 base = build_model(osp.join(REPO, MODEL_CONFIGS[kind].format(arch=arch)))
-                if kind == 'fpn':  # image -> label map
-                    image = torch.rand(1, 3, *seg_hw) * 255
+                if kind == 'fpn':  # normalised image -> label map (mmdeploy's output)
+                    image = torch.rand(1, 3, *seg_hw, generator=torch.Generator().manual_seed(0))
+                    image = image * 4 - 2
+                    metas = [dict(img_shape=seg_hw, pad_shape=seg_hw, ori_shape=seg_hw)]
+                    work = onnx_path(name)[:-5]
                     variants = casvit_variants(
-                        name, base, args.variants, lambda m: SegmentorLabelMap(m)(image), 1,
-                        onnx=onnx_runner(SegmentorLabelMap(fused_copy(base, 'nchw')), image,
-                                         onnx_path(name), args.threads, kind='segmentor',
-                                         int8_calib=args.int8_calib, output_names=['labels']),
+                        name, base, args.variants,
+                        lambda m: m.encode_decode(image, metas).argmax(1, keepdim=True), 1,
+                        onnx=onnx_runner(lambda p: mmdeploy_export(base, seg_hw, work).onnx,
+                                         image, osp.join(work, 'end2end.onnx'), args.threads,
+                                         kind='segmentation', int8_calib=args.int8_calib),
                         allow_emulated_bf16=emulated)
                     for v in variants:  # label maps: compare the fraction of pixels
                         v.compare = 'labels'
@@ -590,20 +622,28 @@ def main():
                     continue
                 # detectors: test_step (preprocessing, network, post-processing)
                 data = detector_data(det_hw)
-                onnx = None
-                if kind == 'retinanet':  # image -> boxes, scores, labels after NMS
-                    image = data['inputs'][0][None].float()
-                    onnx = onnx_runner(DetectorEnd2End(fused_copy(base, 'nchw')), image,
-                                       onnx_path(name), args.threads, kind='retinanet',
-                                       int8_calib=args.int8_calib)
+                loaded = data['inputs'][0][None].float()  # as loaded: the exact graph's input
+                with torch.no_grad():
+                    preprocessed = base.data_preprocessor(copy.deepcopy(data))['inputs']
+                work, exported = onnx_path(name)[:-5], {}
+
+                def det_export(_=None, base=base, work=work, exported=exported):
+                    if not exported:  # one file for the onnx, int8 and mmdeploy variants
+                        exported['file'] = mmdeploy_export(base, det_hw, work)
+                    return exported['file']
+
+                task = 'instance-seg' if kind == 'mask_rcnn' else 'detection'
+                onnx = onnx_runner(lambda p: det_export().onnx, preprocessed,
+                                   osp.join(work, 'end2end.onnx'), args.threads, kind=task,
+                                   int8_calib=args.int8_calib)
+                exact = exact_runner(base, loaded, onnx_path(name + '_exact'), args.threads)
                 mmdeploy = None
                 if 'mmdeploy' in args.variants:
-                    mmdeploy = mmdeploy_runner(base, data, det_hw,
-                                               onnx_path(name)[:-5] + '_mmdeploy', args.threads)
+                    mmdeploy = mmdeploy_runner(det_export(), data, args.threads)
                 variants = casvit_variants(
                     name, base, args.variants,
                     lambda m: m.test_step(data), 1, onnx=onnx, mmdeploy=mmdeploy,
-                    allow_emulated_bf16=emulated)
+                    allow_emulated_bf16=emulated, exact=exact)
                 for v in variants:
                     v.compare = False  # detections: thresholds make a diff meaningless
                 run('1x3x' + 'x'.join(map(str, det_hw)), variants, args.model_repeats)

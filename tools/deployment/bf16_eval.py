@@ -78,7 +78,7 @@ def main():
     bf16 = switch_model_to_deploy(model, bf16=True,
                                   allow_emulated_bf16=args.allow_emulated_bf16)
     print(isa_line())
-    from casvit_mm.quantization import calibration_loader
+    from casvit_mm.deploy.ort_quantization import calibration_loader
     data = next(iter(calibration_loader(cfg, 'val', cfg.test_dataloader.get('batch_size', 8))))
     t32, t16 = latency(fp32, data, args.repeats), latency(bf16, data, args.repeats)
     print(f'latency of one test batch ({len(data["inputs"])} images), PyTorch deploy mode, '

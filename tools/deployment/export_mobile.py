@@ -40,20 +40,19 @@ import time
 
 import torch
 
-from casvit_mm import CASViT
-from casvit_mm.cli import build_model, check_data, codebase, load_config, relative_error
+from casvit_mm.cli import codebase, relative_error
 from casvit_mm.deploy.mobile import (DEFAULT_MAX_BATCH, FORMATS, PORTABLE_OK, ExecuTorchModel,
                                      MobileExportError, MobileNetwork, calibration_batches,
                                      evaluate_mobile, mobile_kind, mobile_network,
                                      to_coreml, to_executorch)
-from casvit_mm.quantization import batch_images, calibration_loader, input_shape
+from casvit_mm.deploy.ort_quantization import batch_images, calibration_loader, input_shape
+from casvit_mm.deploy.tool_args import add_calibration_args, check_calibration_args, load_model
 
 # The metrics --max-drop checks (as tools/deployment/quantize.py).
 HEADLINE = ('bbox_mAP', 'bbox_mAP_50', 'mIoU', 'accuracy/top1')
 
 
 def parse_args():
-    from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='the model\'s config (its data calibrates and evaluates)')
     parser.add_argument('--checkpoint', required=True, help='trained weights of the whole model')
@@ -62,14 +61,9 @@ def parse_args():
                         help='what to write (default: executorch executorch-int8)')
     parser.add_argument('--backbone-only', action='store_true',
                         help='export the backbone alone (image -> feature maps)')
-    parser.add_argument('--shape', nargs=2, type=int, metavar=('H', 'W'),
-                        help='exported image size (default: that of a val image after the '
-                        'test pipeline); smaller images are padded bottom-right')
+    add_calibration_args(parser)  # --shape, --calib-*, --cfg-options: as quantize.py
     parser.add_argument('--max-batch', type=int, default=DEFAULT_MAX_BATCH,
                         help=f'largest batch the .pte files take (default {DEFAULT_MAX_BATCH})')
-    parser.add_argument('--calib-images', type=int, default=32)
-    parser.add_argument('--calib-split', choices=['train', 'val'], default='train')
-    parser.add_argument('--calib-batch', type=int, default=8)
     parser.add_argument('--out-dir', default='work_dirs/mobile')
     parser.add_argument('--threads', type=int, default=2, help='XNNPACK threads when timing')
     parser.add_argument('--repeats', type=int, default=5, help='timed runs per file')
@@ -80,14 +74,9 @@ def parse_args():
     parser.add_argument('--max-drop', type=float, default=0.01,
                         help='with --eval, exit 1 if int8 loses more than this on a headline '
                         'metric against PyTorch (default 0.01, on the 0-1 scale)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings of the config, as key=value pairs')
     args = parser.parse_args()
-    for what, path in (('config', args.config), ('--checkpoint', args.checkpoint)):
-        if not osp.isfile(path):
-            parser.error(f'{what} {path!r} does not exist')
-    if min(args.calib_images, args.calib_batch, args.repeats, args.max_batch) < 1:
-        parser.error('--calib-images, --calib-batch, --repeats and --max-batch must be >= 1')
+    check_calibration_args(parser, args, ('calib_images', 'calib_batch', 'repeats',
+                                          'max_batch'))
     return args
 
 
@@ -103,16 +92,7 @@ def median_latency(run, images, repeats):
 
 def main():
     args = parse_args()
-    cfg = load_config(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    check_data(cfg, ['test'] + (['train'] if args.calib_split == 'train' else ['val']))
-    model = build_model(cfg, checkpoint=args.checkpoint).eval()
-    if not isinstance(getattr(model, 'backbone', None), CASViT):
-        raise SystemExit(f'{args.config} has no CASViT backbone')
-    if model.backbone.deploy:
-        raise SystemExit(f'{args.config} builds a fused (deploy=True) backbone: give the '
-                         f'training config and checkpoint')
+    cfg, model = load_model(args)
     try:
         kind = mobile_kind(model, args.backbone_only)
     except MobileExportError as e:

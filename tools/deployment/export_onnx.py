@@ -1,10 +1,8 @@
 """Export a deployed CAS-ViT model to ONNX: the backbone, and whole models end to end.
 
-Whole models go through mmdeploy (``casvit_mm.deploy.dispatch.export``: mmdeploy's
-``torch2onnx`` with the shipped deploy config of the task, backend and shape
-mode; any mmdet / mmseg / mmpretrain head), unless ``--wrappers`` asks for this
-repository's own graphs (RetinaNet, Mask R-CNN, Semantic FPN only; mmdet's exact
-post-processing, images as loaded, what tools/deployment/quantize.py quantizes):
+Every export goes through the one dispatch (``casvit_mm.deploy.dispatch``). Whole
+models: mmdeploy's ``torch2onnx`` with the shipped deploy config of the task,
+backend and shape mode (any mmdet / mmseg / mmpretrain head):
 
   python tools/deployment/export_onnx.py CONFIG --checkpoint CKPT \
       [--backend onnxruntime|openvino] [--shape-mode dynamic|static] [--image IMG]
@@ -12,35 +10,31 @@ post-processing, images as loaded, what tools/deployment/quantize.py quantizes):
      checked against the PyTorch model's test_step at the export image and at two
      other sizes (a dynamic file; a static one takes every image resized to its size).
 
-Every file written is checked: onnxruntime runs it and its outputs are
-compared with the *eval-mode* PyTorch model (before any folding). The tool
-prints ``OK`` or ``FAIL`` per file and exits with 1 if any check fails.
+``--wrappers`` writes instead the hand-written graph kept for detectors
+(``dispatch.exact_graph``: RetinaNet and Mask R-CNN with mmdet's exact
+candidate selection and the data preprocessor inside, fixed H and W,
+docs/deploy.md says when to use it) -> OUT_DIR/NAME.onnx: images as loaded
+(float, 0-255, BGR, already resized) -> boxes (B, 100, 4), scores (B, 100),
+labels (B, 100) after NMS (Mask R-CNN: also masks (B, 100, H, W) bool pasted
+into the image); check: every detection of mmdet's test_step found, same
+label, IoU >= 0.99, score within 1e-3 (and >= 99 % of the matched masks'
+pixels equal).
 
-What is exported (image size fixed; batch dynamic for the whole models):
-  NAME_backbone.onnx  the deployed backbone: image -> the feature maps
-                      (check: max|diff| / max|reference| <= --tol, 1e-4)
-  NAME.onnx           for a RetinaNet config: images as loaded (float, 0-255,
-                      BGR, already resized) -> boxes (B, 100, 4), scores
-                      (B, 100), labels (B, 100) after NMS, the data
-                      preprocessor's normalisation and padding inside
-                      (check: every detection of mmdet's test_step found,
-                      same label, IoU >= 0.99, score within 1e-3);
-                      for a Mask R-CNN config: the same plus masks
-                      (B, 100, H, W) bool pasted into the image (check: as
-                      for RetinaNet, and >= 99 % of the mask pixels of the
-                      matched detections equal);
-                      for a segmentation config: images as loaded -> label
-                      map (B, H, W) (check: >= 99.9 % of pixels equal)
+Always: OUT_DIR/NAME_backbone.onnx, the deployed backbone (image -> the
+feature maps, --shape, batch dynamic with the TorchScript exporter), checked
+against the eval-mode backbone (max|diff| / max|reference| <= --tol, 1e-4).
+The tool prints ``OK`` or ``FAIL`` per file and exits with 1 if any check fails.
 
 Examples:
   python tools/deployment/export_onnx.py configs/detection/retinanet_casvit_m.py \\
-      --checkpoint work_dirs/retinanet_casvit_m/epoch_12.pth --shape 800 1344
+      --checkpoint work_dirs/retinanet_casvit_m/epoch_12.pth
   python tools/deployment/export_onnx.py configs/segmentation/fpn_casvit_m.py \\
-      --checkpoint work_dirs/fpn_casvit_m/iter_40000.pth --shape 512 512
+      --checkpoint work_dirs/fpn_casvit_m/iter_40000.pth --backend openvino
+  python tools/deployment/export_onnx.py configs/detection/retinanet_casvit_m.py \\
+      --checkpoint CKPT --shape 800 1344 --wrappers
   python tools/deployment/export_onnx.py --arch m --checkpoint checkpoints/cas-vit-m.pth
 """
 import argparse
-import copy
 import os
 import os.path as osp
 import sys
@@ -49,10 +43,9 @@ import torch
 
 from casvit_mm import CASViT
 from casvit_mm.cli import build_model, relative_error
-from casvit_mm.onnx_export import (DetectorEnd2End, MaskRCNNEnd2End, SegmentorLabelMap,
-                                   export_onnx, matched_pairs, onnxruntime_session,
-                                   run_onnxruntime)
-from casvit_mm.deploy.switch import switch_model_to_deploy
+from casvit_mm.deploy.dispatch import exact_graph, export_backbone
+from casvit_mm.deploy.onnx_export import (export_onnx, matched_pairs, onnxruntime_session,
+                                          run_onnxruntime)
 
 
 def parse_args():
@@ -71,10 +64,11 @@ def parse_args():
                         help='largest accepted max|diff| / max|reference|')
     parser.add_argument('--exporter', choices=['dynamo', 'torchscript'], default='dynamo',
                         help='torch.onnx.export(dynamo=True) (default, maintained) or the '
-                        'deprecated TorchScript exporter (backbone and --wrappers files)')
+                        'deprecated TorchScript exporter, batch dynamic (the backbone file)')
     parser.add_argument('--wrappers', action='store_true',
-                        help='whole models through this repository\'s own graphs instead '
-                        'of mmdeploy (RetinaNet, Mask R-CNN, Semantic FPN; fixed H, W)')
+                        help='detectors through the hand-written graph kept for mmdet\'s '
+                        'exact candidate selection instead of mmdeploy (RetinaNet, Mask '
+                        'R-CNN; images as loaded, fixed H, W)')
     parser.add_argument('--backend', choices=['onnxruntime', 'openvino'],
                         default='onnxruntime', help='mmdeploy backend (default onnxruntime)')
     parser.add_argument('--shape-mode', choices=['dynamic', 'static'], default='dynamic',
@@ -95,13 +89,14 @@ def parse_args():
     return args
 
 
-def check(name, reference_model, deployed, example, out_dir, args):
-    """Export ``deployed``, run it in onnxruntime, compare with ``reference_model``."""
+def check_backbone(name, backbone, example, out_dir, args):
+    """Export the deployed ``backbone`` (the dispatch's export_backbone), run it in
+    onnxruntime, compare with the eval-mode ``backbone``."""
     path = osp.join(out_dir, f'{name}.onnx')
-    export_onnx(deployed, example, path, dynamo=args.exporter == 'dynamo')
+    export_backbone(backbone, example, path, dynamo=args.exporter == 'dynamo')
     outputs = run_onnxruntime(onnxruntime_session(path), example)
     with torch.no_grad():
-        reference = reference_model(example)
+        reference = backbone(example)
     error = relative_error(reference, outputs)
     ok = error <= args.tol
     shapes = ', '.join('x'.join(map(str, o.shape)) for o in outputs)
@@ -111,30 +106,16 @@ def check(name, reference_model, deployed, example, out_dir, args):
     return ok
 
 
-def check_segmentor(name, model, image, out_dir, args):
-    """Image -> label map: exported from the deployed model, compared with eval mode."""
-    path = osp.join(out_dir, f'{name}.onnx')
-    deployed = SegmentorLabelMap(switch_model_to_deploy(copy.deepcopy(model)))
-    export_onnx(deployed, image, path, dynamo=args.exporter == 'dynamo',
-                output_names=['labels'], dynamic_batch=args.exporter != 'dynamo')
-    labels = run_onnxruntime(onnxruntime_session(path), image)[0]
-    with torch.no_grad():
-        reference = SegmentorLabelMap(model)(image)
-    equal = float((torch.from_numpy(labels) == reference).double().mean())
-    ok = equal >= 0.999
-    print(f'{"OK  " if ok else "FAIL"} {path}: label map {"x".join(map(str, labels.shape))}; '
-          f'{equal:.4%} of pixels equal to PyTorch eval (needed: 99.9 %)', flush=True)
-    return ok
-
-
 def check_detector(name, model, image, out_dir):
-    """Image -> detections after NMS, and masks for Mask R-CNN (TorchScript
-    exporter: the NMS needs it)."""
+    """The hand-written graph: image -> detections after NMS, and masks for Mask
+    R-CNN (TorchScript exporter: the NMS needs it)."""
     from mmdet.structures import DetDataSample
     path = osp.join(out_dir, f'{name}.onnx')
     with_mask = getattr(model, 'with_rpn', False)
-    wrapper = MaskRCNNEnd2End if with_mask else DetectorEnd2End
-    deployed = wrapper(switch_model_to_deploy(copy.deepcopy(model)))
+    try:
+        deployed = exact_graph(model)
+    except ValueError as e:
+        raise SystemExit(str(e))
     export_onnx(deployed, image, path, dynamo=False, dynamic_batch=True,
                 output_names=['boxes', 'scores', 'labels'] + ['masks'] * with_mask)
     outputs = run_onnxruntime(onnxruntime_session(path), image)
@@ -239,18 +220,12 @@ def main():
                              f'training config and checkpoint, the check needs eval mode')
         name = osp.splitext(osp.basename(args.config))[0]
     backbone.eval()
-    ok = check(f'{name}_backbone', backbone,
-               switch_model_to_deploy(copy.deepcopy(backbone), channels_last=False),
-               example, args.out_dir, args)
-    image = torch.rand(args.batch, 3, *args.shape) * 255  # as loaded: 0-255
-    if model is not None and not args.wrappers:
-        ok = check_mmdeploy(args.config, model, args) and ok
-    elif model is not None and hasattr(model, 'decode_head'):
-        ok = check_segmentor(name, model, image, args.out_dir, args) and ok
-    elif model is not None and (hasattr(model, 'bbox_head') or hasattr(model, 'roi_head')):
-        ok = check_detector(name, model, image.round(), args.out_dir) and ok
+    ok = check_backbone(f'{name}_backbone', backbone, example, args.out_dir, args)
+    if model is not None and args.wrappers:
+        image = (torch.rand(args.batch, 3, *args.shape) * 255).round()  # as loaded: 0-255
+        ok = check_detector(name, model, image, args.out_dir) and ok
     elif model is not None:
-        print(f'{type(model).__name__}: only the backbone is exported (see docs/deploy.md)')
+        ok = check_mmdeploy(args.config, model, args) and ok
     sys.exit(0 if ok else 1)
 
 

@@ -1,25 +1,28 @@
 """Quantize a deployed CAS-ViT model to INT8 (onnxruntime QDQ, or NNCF for OpenVINO).
 
 From a config and a checkpoint (or an fp32 file this tool exported before):
-  1. export the deployed model as tools/deployment/export_onnx.py does, whole
-     where a wrapper exists (RetinaNet, Mask R-CNN, Semantic FPN: images as
-     loaded -> detections / label map; a classifier: images -> class scores),
-     the backbone alone otherwise or with --backbone-only
-     -> OUT_DIR/NAME_fp32.onnx (batch dynamic, image size --shape);
+  1. export the model through the one export dispatch (casvit_mm.deploy.dispatch:
+     mmdeploy's torch2onnx with the shipped deploy config, dynamic batch, H and
+     W; any mmdet / mmseg / mmpretrain head; the file takes the data
+     preprocessor's output, as mmdeploy's backend model feeds it), or with
+     --backbone-only the deployed backbone alone (fixed --shape)
+     -> OUT_DIR/NAME_fp32.onnx;
   2. calibrate on --calib-images images drawn from the config's own dataset
      (--calib-split train: the training images through the test pipeline;
-     val: the val loader), quantize the network's convolutions and matrix
-     products (int8 weights per channel, uint8 activations); the data
-     preprocessor, box decoding, NMS, RoIAlign, resizing, argmax and softmax
-     stay float -> OUT_DIR/NAME_int8.onnx;
+     val: the val loader) through the model's data preprocessor, quantize the
+     network's ops (int8 weights per channel, uint8 activations); mmdeploy's
+     post-processing (box decoding, top-k, NMS, resizing, argmax, softmax)
+     stays float -> OUT_DIR/NAME_int8.onnx (dynamic H and W kept);
   3. print both files' sizes, fp32 and int8 latency in onnxruntime (and with
      --openvino in OpenVINO) on one val batch, and how far the int8 outputs
      are from fp32;
   4. with --eval, score both files on the config's test split with its own
-     evaluator (COCO bbox mAP, mIoU, top-1) and print the difference.
-With --backend openvino, step 2 is NNCF's post-training quantization of the
-OpenVINO model (-> OUT_DIR/NAME_int8.xml + .bin, OpenVINO IR), and steps 3-4
-run both files in OpenVINO with INFERENCE_PRECISION_HINT f32.
+     evaluator (COCO bbox mAP, mIoU, top-1), each run by mmdeploy's backend
+     model (the same test_step as tools/test.py), and print the difference.
+With --backend openvino, the file is exported with the OpenVINO deploy config,
+step 2 is NNCF's post-training quantization (-> OUT_DIR/NAME_int8.xml + .bin,
+OpenVINO IR), and steps 3-4 run both files in OpenVINO with
+INFERENCE_PRECISION_HINT f32.
 
 Examples:
   python tools/deployment/quantize.py configs/detection/toy/retinanet_casvit_xs_toy-shapes.py \\
@@ -40,19 +43,20 @@ import statistics
 import sys
 import time
 
-from casvit_mm import CASViT
-from casvit_mm.cli import build_model, check_data, codebase, load_config, relative_error
-from casvit_mm.deploy.accuracy import metric_drop
-from casvit_mm.onnx_export import (match_detections, onnxruntime_session, openvino_model,
-                                   run_onnxruntime, run_openvino)
-from casvit_mm.quantization import (DEFAULT_OP_TYPES, DataloaderCalibration, QuantizationError,
-                                    batch_images, calibration_loader, deploy_wrapper,
-                                    evaluate_onnx, export_for_quantization, input_shape,
-                                    model_kind, quantize_onnx, quantized_ops, read_kind)
+from casvit_mm.cli import codebase, relative_error
+from casvit_mm.deploy.accuracy import evaluate_models, metric_drop
+from casvit_mm.deploy.dispatch import (backend_model, export, export_backbone, exported_file,
+                                       onnxruntime_session)
+from casvit_mm.deploy.onnx_export import (match_detections, openvino_model, run_onnxruntime,
+                                          run_openvino)
+from casvit_mm.deploy.ort_quantization import (DEFAULT_OP_TYPES, DataloaderCalibration,
+                                               QuantizationError, batch_images,
+                                               calibration_loader, input_shape, quantize_onnx,
+                                               quantized_ops, read_kind)
+from casvit_mm.deploy.tool_args import add_calibration_args, check_calibration_args, load_model
 
 
 def parse_args():
-    from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='the model\'s config (its data calibrates and evaluates)')
     source = parser.add_mutually_exclusive_group(required=True)
@@ -60,13 +64,10 @@ def parse_args():
     source.add_argument('--onnx', help='an fp32 file this tool exported before (NAME_fp32.onnx)')
     parser.add_argument('--backbone-only', action='store_true',
                         help='quantize the deployed backbone alone (image -> feature maps)')
-    parser.add_argument('--shape', nargs=2, type=int, metavar=('H', 'W'),
-                        help='exported image size (default: that of a val image after the '
-                        'test pipeline); smaller images are padded bottom-right')
-    parser.add_argument('--calib-images', type=int, default=32,
-                        help='images to calibrate on (default 32)')
-    parser.add_argument('--calib-split', choices=['train', 'val'], default='train')
-    parser.add_argument('--calib-batch', type=int, default=8)
+    add_calibration_args(parser, shape_help='--backbone-only: the exported image size '
+                         '(default: that of a val image after the test pipeline; smaller '
+                         'images are padded bottom-right). Whole models export with dynamic '
+                         'H and W and take every image at its own size')
     parser.add_argument('--op-types', nargs='+', default=DEFAULT_OP_TYPES,
                         help='op types of the network to quantize (default: every op '
                         'onnxruntime quantizes)')
@@ -89,18 +90,16 @@ def parse_args():
     parser.add_argument('--max-drop', type=float, default=0.02,
                         help='with --eval, exit 1 if int8 loses more on a metric '
                         '(default 0.02, on the 0-1 scale)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings of the config, as key=value pairs')
     args = parser.parse_args()
-    for what, path in (('config', args.config), ('--checkpoint', args.checkpoint),
-                       ('--onnx', args.onnx)):
-        if path and not osp.isfile(path):
-            parser.error(f'{what} {path!r} does not exist')
-    if args.calib_images < 1 or args.calib_batch < 1 or args.repeats < 1:
-        parser.error('--calib-images, --calib-batch and --repeats must be >= 1')
+    if args.onnx and not osp.isfile(args.onnx):
+        parser.error(f'--onnx {args.onnx!r} does not exist')
+    check_calibration_args(parser, args, ('calib_images', 'calib_batch', 'repeats'))
     if args.backend == 'openvino' and args.op_types != DEFAULT_OP_TYPES:
         parser.error('--op-types is onnxruntime\'s; with --backend openvino NNCF picks the '
                      'ops, --float-op-types (OpenVINO op types) and --exclude keep some float')
+    if args.shape and not args.backbone_only:
+        parser.error('--shape fixes the backbone\'s export size (--backbone-only); whole '
+                     'models export with dynamic H and W')
     return args
 
 
@@ -115,64 +114,70 @@ def timed(session, images, repeats, run=run_onnxruntime):
 
 
 def output_error(kind, reference, outputs):
-    """How far int8 is from fp32, in the terms of the outputs."""
-    if kind in ('retinanet', 'mask_rcnn'):
+    """How far int8 is from fp32, in the terms of mmdeploy's outputs (detection:
+    ``dets (B, N, 5)`` boxes and score, ``labels``; segmentation: the label map;
+    classification: the class scores) or the backbone's feature maps."""
+    if kind in ('detection', 'instance-seg'):
         found = []
         for b in range(len(reference[0])):
-            keep_r, keep_o = reference[1][b] > 0.3, outputs[1][b] > 0.3
+            dets_r, dets_o = reference[0][b], outputs[0][b]
+            keep_r, keep_o = dets_r[:, 4] > 0.3, dets_o[:, 4] > 0.3
             found.append(match_detections(
-                [t[b][keep_r] for t in reference[:3]], [t[b][keep_o] for t in outputs[:3]],
+                (dets_r[keep_r, :4], dets_r[keep_r, 4], reference[1][b][keep_r]),
+                (dets_o[keep_o, :4], dets_o[keep_o, 4], outputs[1][b][keep_o]),
                 iou=0.9, score_tol=0.05))
         return (f'{sum(found) / len(found):.1%} of the fp32 detections with score > 0.3 '
                 f'found in int8 (same label, IoU >= 0.9, score within 0.05)')
-    if kind == 'segmentor':
+    if kind == 'segmentation':
         equal = float((reference[0] == outputs[0]).mean())
         return f'{equal:.2%} of the label-map pixels equal to fp32'
     return (f'max |int8 - fp32| / max |fp32| = {relative_error(reference, outputs):.3f} '
-            f'over the {"class scores" if kind == "classifier" else "feature maps"}')
+            f'over the {"class scores" if kind == "classification" else "feature maps"}')
+
+
+def export_fp32(args, cfg, model, name, val_batch):
+    """Step 1: ``(kind, fp32 file, shape)``; shape None for mmdeploy's dynamic files."""
+    if args.onnx:
+        kind = read_kind(args.onnx)
+        shape = tuple(args.shape) if args.shape else (
+            input_shape(cfg) if kind == 'backbone' else None)
+        return kind, args.onnx, shape
+    if args.backbone_only:
+        shape = tuple(args.shape) if args.shape else input_shape(cfg)
+        fp32 = osp.join(args.out_dir, f'{name}_backbone_fp32.onnx')
+        export_backbone(model.backbone, batch_images(val_batch, model, shape=shape)[:1], fp32)
+        return 'backbone', fp32, shape
+    image = val_batch['data_samples'][0].img_path
+    exported = export(cfg, args.checkpoint, args.backend, 'dynamic', args.out_dir, image,
+                      save_file=f'{name}_fp32.onnx')
+    return exported.task, exported.onnx, None
 
 
 def main():
     args = parse_args()
-    cfg = load_config(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    splits = ['test'] + (['train'] if args.calib_split == 'train' else ['val'])
-    check_data(cfg, splits)
-    model = build_model(cfg, checkpoint=args.checkpoint)
+    cfg, model = load_model(args)
     name = osp.splitext(osp.basename(args.config))[0]
+    if args.onnx:
+        name = osp.basename(args.onnx)[:-len('.onnx')].replace('_fp32', '')
     os.makedirs(args.out_dir, exist_ok=True)
+    val_batch = next(iter(calibration_loader(cfg, 'val', args.calib_batch)))
     try:
-        if args.onnx:
-            kind, fp32 = read_kind(args.onnx), args.onnx
-            name = osp.basename(fp32)[:-len('.onnx')].replace('_fp32', '')
-        else:
-            kind = model_kind(model, args.backbone_only)
-            if not isinstance(getattr(model, 'backbone', None), CASViT):
-                raise SystemExit(f'{args.config} has no CASViT backbone')
-            if model.backbone.deploy:
-                raise SystemExit(f'{args.config} builds a fused (deploy=True) backbone: give '
-                                 f'the training config and checkpoint')
-            name += '_backbone' if kind == 'backbone' else ''
-        shape = tuple(args.shape) if args.shape else input_shape(cfg)
-        sample = batch_images(next(iter(calibration_loader(cfg, 'val', args.calib_batch))),
-                              model, kind, shape)
-        if not args.onnx:
-            fp32 = osp.join(args.out_dir, f'{name}_fp32.onnx')
-            export_for_quantization(deploy_wrapper(model, kind), sample[:1], fp32, kind)
+        kind, fp32, shape = export_fp32(args, cfg, model, name, val_batch)
+        sample = batch_images(val_batch, model, kind, shape)
         start = time.perf_counter()
         calibration = DataloaderCalibration(cfg, model, kind, shape, args.calib_images,
                                             args.calib_batch, args.calib_split)
         if args.backend == 'openvino':
-            return openvino_backend(args, cfg, model, kind, shape, sample, fp32, name,
-                                    calibration, start)
+            return openvino_backend(args, cfg, kind, shape, sample, fp32, name, calibration,
+                                    start)
         int8 = osp.join(args.out_dir, f'{name}_int8.onnx')
         quantize_onnx(fp32, int8, calibration, kind, op_types=args.op_types,
                       float_op_types=args.float_op_types, exclude=args.exclude)
     except QuantizationError as e:
         raise SystemExit(str(e))
     ops = quantized_ops(int8)
-    print(f'{kind}, {shape[0]}x{shape[1]}, calibrated on {calibration.seen} {args.calib_split} '
+    size = f'{shape[0]}x{shape[1]}' if shape else 'dynamic H and W'
+    print(f'{kind}, {size}, calibrated on {calibration.seen} {args.calib_split} '
           f'images in {time.perf_counter() - start:.0f} s')
     print(f'fp32 {fp32}: {osp.getsize(fp32) / 1e6:.1f} MB')
     print(f'int8 {int8}: {osp.getsize(int8) / 1e6:.1f} MB, '
@@ -181,21 +186,26 @@ def main():
                        args.repeats)
     t8, out8 = timed(onnxruntime_session(int8, args.threads, spinning=False), sample,
                      args.repeats)
-    print(f'latency, onnxruntime, {args.threads} threads, batch {len(sample)}: fp32 '
+    batch = 'x'.join(map(str, sample.shape))
+    print(f'latency, onnxruntime, {args.threads} threads, {batch}: fp32 '
           f'{t32 * 1e3:.1f} ms, int8 {t8 * 1e3:.1f} ms ({t32 / t8:.2f}x); load average '
           f'{os.getloadavg()[0]:.2f}')
     print(f'output error on that batch: {output_error(kind, out32, out8)}', flush=True)
     if args.openvino:  # the same two files, run by OpenVINO
-        t32, _ = timed(openvino_model(fp32, args.threads), sample, args.repeats, run_openvino)
-        t8, _ = timed(openvino_model(int8, args.threads), sample, args.repeats, run_openvino)
-        print(f'latency, OpenVINO, {args.threads} threads, batch {len(sample)}: fp32 '
+        t32, _ = timed(openvino_model(fp32, args.threads, sample.shape), sample,
+                       args.repeats, run_openvino)
+        t8, _ = timed(openvino_model(int8, args.threads, sample.shape), sample, args.repeats,
+                      run_openvino)
+        print(f'latency, OpenVINO, {args.threads} threads, {batch}: fp32 '
               f'{t32 * 1e3:.1f} ms, int8 {t8 * 1e3:.1f} ms ({t32 / t8:.2f}x)', flush=True)
     if not args.eval:
         return
     if kind == 'backbone':
         raise SystemExit('--eval needs a whole model (the backbone alone has no metric)')
+    models = [backend_model(exported_file(cfg, path, 'onnxruntime'), threads=args.threads)
+              for path in (fp32, int8)]
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables
-        metrics32, metrics8 = evaluate_onnx([fp32, int8], cfg, model, shape, args.threads)
+        metrics32, metrics8 = evaluate_models(models, cfg)
     report_metrics(cfg, metrics32, metrics8, args.max_drop)
 
 
@@ -205,7 +215,7 @@ def report_metrics(cfg, metrics32, metrics8, max_drop):
     sys.exit(0 if ok else 1)
 
 
-def openvino_backend(args, cfg, model, kind, shape, sample, fp32, name, calibration, start):
+def openvino_backend(args, cfg, kind, shape, sample, fp32, name, calibration, start):
     """Steps 2-4 with NNCF and OpenVINO (f32 hint: the float parts stay f32)."""
     from casvit_mm.deploy.nncf_int8 import (compile_openvino, evaluate_openvino,
                                             fake_quantize_count, ir_size, quantize_openvino,
@@ -213,24 +223,28 @@ def openvino_backend(args, cfg, model, kind, shape, sample, fp32, name, calibrat
     int8 = osp.join(args.out_dir, f'{name}_int8.xml')
     quantize_openvino(fp32, int8, calibration, kind, float_op_types=args.float_op_types,
                       exclude=args.exclude)
-    print(f'{kind}, {shape[0]}x{shape[1]}, calibrated on {calibration.seen} {args.calib_split} '
+    size = f'{shape[0]}x{shape[1]}' if shape else 'dynamic H and W'
+    print(f'{kind}, {size}, calibrated on {calibration.seen} {args.calib_split} '
           f'images in {time.perf_counter() - start:.0f} s (NNCF)')
     print(f'fp32 {fp32}: {osp.getsize(fp32) / 1e6:.1f} MB')
     print(f'int8 {int8}: {ir_size(int8) / 1e6:.1f} MB with its .bin, '
           + ', '.join(f'{n} {k}' for k, n in sorted(fake_quantize_count(int8).items())))
     run = run_compiled
-    t32, out32 = timed(compile_openvino(fp32, args.threads), sample, args.repeats, run)
-    t8, out8 = timed(compile_openvino(int8, args.threads), sample, args.repeats, run)
-    print(f'latency, OpenVINO (f32 hint), {args.threads} threads, batch {len(sample)}: fp32 '
-          f'{t32 * 1e3:.1f} ms, int8 {t8 * 1e3:.1f} ms ({t32 / t8:.2f}x); load average '
-          f'{os.getloadavg()[0]:.2f}')
+    static = sample.shape  # compiled at the batch's shape (see openvino_model)
+    t32, out32 = timed(compile_openvino(fp32, args.threads, input_shape=static), sample,
+                       args.repeats, run)
+    t8, out8 = timed(compile_openvino(int8, args.threads, input_shape=static), sample,
+                     args.repeats, run)
+    print(f'latency, OpenVINO (f32 hint), {args.threads} threads, '
+          f'{"x".join(map(str, sample.shape))}: fp32 {t32 * 1e3:.1f} ms, int8 '
+          f'{t8 * 1e3:.1f} ms ({t32 / t8:.2f}x); load average {os.getloadavg()[0]:.2f}')
     print(f'output error on that batch: {output_error(kind, out32, out8)}', flush=True)
     if not args.eval:
         return
     if kind == 'backbone':
         raise SystemExit('--eval needs a whole model (the backbone alone has no metric)')
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables
-        metrics32, metrics8 = evaluate_openvino([fp32, int8], cfg, model, shape, args.threads)
+        metrics32, metrics8 = evaluate_openvino([fp32, int8], cfg, args.threads)
     report_metrics(cfg, metrics32, metrics8, args.max_drop)
 
 

@@ -1,15 +1,18 @@
-"""ONNX export of CAS-ViT models and running the files in onnxruntime (or OpenVINO).
+"""The ONNX export call, the hand-written whole-detector graphs kept, and running files.
 
-What ``tools/deployment/export_onnx.py`` and the benchmark export, as
-importable pieces (the tests run exactly these): the export call with the
-exporter choice, tensor-in/tensor-out wrappers of whole mmdet / mmseg models,
-and onnxruntime sessions.
+Whole models export through mmdeploy (:mod:`casvit_mm.deploy.dispatch`). What is
+here: :func:`export_onnx` (``torch.onnx.export`` with the exporter choice, for the
+bare backbone and the graphs below), the two hand-written graphs kept for what
+mmdeploy's files do not do (``DetectorEnd2End``, ``MaskRCNNEnd2End``: mmdet's
+exact candidate selection, the data preprocessor in the graph; docs/deploy.md
+says why, ``dispatch.exact_graph`` picks them), running files in onnxruntime or
+OpenVINO, and matching detections.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['SegmentorLabelMap', 'DetectorEnd2End', 'MaskRCNNEnd2End', 'export_onnx',
+__all__ = ['DetectorEnd2End', 'MaskRCNNEnd2End', 'export_onnx',
            'onnxruntime_session', 'run_onnxruntime', 'openvino_model', 'run_openvino',
            'match_detections', 'matched_pairs', 'box_iou']
 
@@ -41,32 +44,6 @@ def _normalise(data_preprocessor, images):
     if pad_h or pad_w:
         images = F.pad(images, (0, pad_w, 0, pad_h), value=float(pre.pad_value))
     return images
-
-
-class SegmentorLabelMap(nn.Module):
-    """An mmseg ``EncoderDecoder`` as image -> label map, for export.
-
-    ``forward(images)``: ``(B, 3, H, W)`` float images as loaded (0-255, the
-    channel order the config's data preprocessor expects) -> ``(B, H, W)``
-    int64 labels: normalisation, network, logits resized to the input size
-    (as mmseg's ``predict`` does for whole-image inference) and argmax, all in
-    the graph. ``with_logits=True`` also returns the ``(B, C, H, W)`` logits
-    at input size, for a caller that resizes them to the original image as
-    mmseg's ``postprocess_result`` does before its argmax (the evaluation of
-    ``casvit_mm.quantization``).
-    """
-
-    def __init__(self, segmentor, with_logits=False):
-        super().__init__()
-        self.segmentor = segmentor
-        self.with_logits = with_logits
-
-    def forward(self, images):
-        seg = self.segmentor
-        logits = seg._forward(_normalise(seg.data_preprocessor, images))
-        logits = F.interpolate(logits, size=images.shape[2:], mode='bilinear',
-                               align_corners=seg.decode_head.align_corners)
-        return (logits.argmax(1), logits) if self.with_logits else logits.argmax(1)
 
 
 class _NonMaxSuppression(torch.autograd.Function):
@@ -470,7 +447,7 @@ def export_onnx(module, example, path, dynamo=True, output_names=None, dynamic_b
     one ``Gelu`` node instead of five element-wise ops.
     """
     import warnings
-    module = module.eval()
+    module.eval()  # not chained: some modules' train() returns None (mmdet's ResNet)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         kwargs = dict(dynamo=dynamo, input_names=['images'], output_names=output_names)
@@ -510,10 +487,17 @@ def run_onnxruntime(session, images):
     return session.run(None, {name: images.detach().cpu().contiguous().numpy()})
 
 
-def openvino_model(path, threads=None):
+def openvino_model(path, threads=None, input_shape=None):
     """The ONNX file compiled by OpenVINO (optional: ``pip install openvino``) for
     the CPU in float32 (OpenVINO would pick bf16 on CPUs that have it), with
-    ``threads`` inference threads (None: OpenVINO's default)."""
+    ``threads`` inference threads (None: OpenVINO's default).
+
+    ``input_shape``: reshape a file with dynamic axes (mmdeploy's) to this fixed
+    shape before compiling. Needed for onnxruntime's int8 (QDQ) files: OpenVINO
+    2026.4 runs them correctly at a fixed shape only (measured on the toy
+    classifier's dynamic int8 file on an AVX2 CPU: class scores 0.29 away from
+    onnxruntime's with dynamic H/W, 0.025 reshaped; fp32 files agree either way).
+    """
     try:
         import openvino as ov
     except ImportError as e:
@@ -522,7 +506,10 @@ def openvino_model(path, threads=None):
     if threads is not None:
         config['INFERENCE_NUM_THREADS'] = threads
     core = ov.Core()
-    return core.compile_model(core.read_model(path), 'CPU', config)
+    model = core.read_model(path)
+    if input_shape is not None:
+        model.reshape(list(input_shape))
+    return core.compile_model(model, 'CPU', config)
 
 
 def run_openvino(model, images):
