@@ -18,7 +18,7 @@ from PIL import Image
 from casvit_mm import CASViT
 from casvit_mm.checkpoint import to_mmpretrain
 from casvit_mm.toy_data.imagenet import TOY_IMAGENET_CLASSES, make_toy_imagenet
-from conftest import REPO, loader_options, read_metrics, run_tool
+from helpers import REPO, loader_options, read_metrics, run_tool
 from reference_casvit import official_forward, official_state_dict
 
 TOY = 'configs/classification/casvit_xs_toy.py'

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from casvit_mm.complexity import CASViTClassifier, count_flops, count_params
-from conftest import REPO
+from helpers import REPO
 
 
 # The paper: params of the classifier (both heads), paper GFLOPs at 224x224

@@ -25,7 +25,7 @@ from casvit_mm import CASViT
 from casvit_mm.apis import build_model, deploy_config, relative_error, reparameterize
 from casvit_mm.models.casvit import AdditiveBlock
 from casvit_mm.models.fusion import switch_model_to_deploy, use_fused_kernels
-from conftest import REPO
+from helpers import REPO
 
 TOL = 1e-4
 DEPLOY_CONFIGS = sorted(osp.relpath(p, REPO)

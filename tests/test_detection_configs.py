@@ -15,7 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from casvit_mm.checkpoint import CheckpointError
 from casvit_mm import CASViT
-from conftest import REPO
+from helpers import REPO
 
 DET = osp.join(REPO, 'configs', 'detection')
 SIZES = ('xs', 's', 'm', 't')

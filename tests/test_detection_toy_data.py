@@ -10,7 +10,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from casvit_mm.toy_data.coco import CLASSES, cfg_options, make_toy_coco
-from conftest import ONE_THREAD, REPO, RETINA
+from helpers import ONE_THREAD, REPO, RETINA
 
 
 def read(path):

@@ -16,7 +16,7 @@ from mmengine.config import Config
 from casvit_mm.checkpoint import safe_load
 from casvit_mm.engine import closing_process_group, setup_cpu_distributed
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
-from conftest import REPO, loader_options
+from helpers import REPO, loader_options
 
 RETINA = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'
 

@@ -21,7 +21,7 @@ import torch
 from casvit_mm.checkpoint import safe_load
 from casvit_mm.engine import EXIT_DIVERGED, EXIT_PREEMPTED
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
-from conftest import ONE_THREAD, REPO, RETINA, loader_options, logged_steps, toy_train_options
+from helpers import ONE_THREAD, REPO, RETINA, loader_options, logged_steps, toy_train_options
 
 # Deterministic CPU training (as the SIGKILL test of test_reliability.py).
 ENV = ONE_THREAD

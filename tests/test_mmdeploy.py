@@ -29,7 +29,7 @@ from casvit_mm.deploy.dispatch import (backend_model, deploy_config, export, pip
 from casvit_mm.deploy.parity import (classification_agreement, detection_agreement,
                                      segmentation_agreement)
 from casvit_mm.toy_data.coco import make_toy_coco
-from conftest import ONE_THREAD, REPO
+from helpers import ONE_THREAD, REPO
 
 RETINA_TOY = osp.join(REPO, 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py')
 MASK_RCNN_TOY = osp.join(REPO, 'configs/detection/toy/mask_rcnn_casvit_xs_toy-shapes.py')

@@ -36,7 +36,7 @@ from casvit_mm.quantization import batch_images, calibration_loader  # noqa: E40
 from casvit_mm.toy_data.ade import make_toy_ade  # noqa: E402
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco  # noqa: E402
 from casvit_mm.toy_data.imagenet import make_toy_imagenet  # noqa: E402
-from conftest import ONE_THREAD, REPO, run_tool  # noqa: E402
+from helpers import ONE_THREAD, REPO, run_tool  # noqa: E402
 from test_deploy import randomize_bn  # noqa: E402
 from test_quantize import CLS_TOY  # noqa: E402
 

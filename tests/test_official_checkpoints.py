@@ -22,7 +22,7 @@ import casvit_mm  # noqa: F401  (registers CASViT and the safe loader)
 from casvit_mm.checkpoint import CheckpointError, UnsafeCheckpointError, safe_loader_is_registered
 from casvit_mm.apis import build_model
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
-from conftest import REPO, loader_options
+from helpers import REPO, loader_options
 from reference_casvit import official_forward, official_state_dict
 
 CONFIGS = {

@@ -25,7 +25,7 @@ from casvit_mm.onnx_export import (DetectorEnd2End, MaskRCNNEnd2End, SegmentorLa
                                    onnxruntime_session, openvino_model, run_onnxruntime,
                                    run_openvino)
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
-from conftest import REPO, loader_options
+from helpers import REPO, loader_options
 
 TOL = 1e-4
 RETINA_TOY = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'

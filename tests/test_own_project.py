@@ -29,7 +29,7 @@ from casvit_mm.checkpoint import CheckpointError
 from casvit_mm.toy_data.ade import make_toy_ade
 from casvit_mm.toy_data.coco import make_toy_coco
 from casvit_mm.toy_data.imagenet import make_toy_imagenet
-from conftest import ONE_THREAD, REPO, read_metrics, run_tool_in_process
+from helpers import ONE_THREAD, REPO, read_metrics, run_tool_in_process
 
 BOLTS = ('bolt', 'nut', 'washer')
 SITE_PACKAGES = osp.dirname(osp.dirname(torch.__file__))

@@ -19,7 +19,7 @@ import pytest
 
 from casvit_mm.checkpoint import safe_load
 from casvit_mm.engine import EXIT_INTERRUPTED, EXIT_PREEMPTED
-from conftest import ONE_THREAD, REPO, RETINA, logged_steps, toy_train_options
+from helpers import ONE_THREAD, REPO, RETINA, logged_steps, toy_train_options
 from test_long_runs import assert_same_weights, free_port, latest, weights
 
 HOLD = '''

@@ -20,7 +20,7 @@ from casvit_mm.quantization import (NETWORK_SCOPES, DataloaderCalibration, Quant
                                     quantize_onnx, quantized_ops, random_calibration,
                                     read_kind)
 from casvit_mm.toy_data.imagenet import make_toy_imagenet
-from conftest import ONE_THREAD, REPO, loader_options, run_tool, run_tool_in_process
+from helpers import ONE_THREAD, REPO, loader_options, run_tool, run_tool_in_process
 
 CLS_TOY = 'configs/classification/casvit_xs_toy.py'
 RETINA_TOY = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'

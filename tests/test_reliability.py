@@ -26,8 +26,8 @@ from casvit_mm.checkpoint import safe_load
 from casvit_mm.engine import CPUAmpOptimWrapper, atomic_write, use_atomic_checkpoints
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
 from casvit_mm.utils import DataRootError, check_data_paths, missing_data_paths
-from conftest import (MASK, ONE_THREAD, REPO, RETINA, loader_options, logged_steps, run_tool,
-                      run_tool_in_process, toy_train_options)
+from helpers import (MASK, ONE_THREAD, REPO, RETINA, loader_options, logged_steps, run_tool,
+                     run_tool_in_process, toy_train_options)
 
 SEG = 'configs/segmentation/fpn_casvit_xs_toy.py'
 CLS = 'configs/classification/casvit_xs_toy.py'

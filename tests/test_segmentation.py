@@ -20,7 +20,7 @@ from PIL import Image
 from casvit_mm import CASViT
 from casvit_mm.checkpoint import CheckpointError
 from casvit_mm.toy_data.ade import TOY_ADE_CLASSES, make_toy_ade
-from conftest import REPO, loader_options, read_metrics, run_tool
+from helpers import REPO, loader_options, read_metrics, run_tool
 
 TOY = 'configs/segmentation/fpn_casvit_xs_toy.py'
 ARCHS = ('xs', 's', 'm', 't')

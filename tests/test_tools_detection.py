@@ -14,8 +14,8 @@ from mmengine.config import Config
 
 from casvit_mm.apis import codebase, config_from_args, enable_visualization
 from casvit_mm.checkpoint import safe_load
-from conftest import (MASK, ONE_THREAD, REPO, RETINA, logged_steps, read_metrics, run_tool,
-                      run_tool_in_process, toy_train_options)
+from helpers import (MASK, ONE_THREAD, REPO, RETINA, logged_steps, read_metrics, run_tool,
+                     run_tool_in_process, toy_train_options)
 
 
 def run(*args):
