@@ -236,6 +236,7 @@ def test_conversion_functions_are_idempotent():
     assert len(cls) == len(official)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('target', ['mmpretrain', 'backbone'])
 def test_converter_cli_twice_changes_nothing(tmp_path, target):
     official = official_state_dict('xs', classifier=True)

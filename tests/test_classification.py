@@ -195,6 +195,7 @@ def trained(toy_imagenet, tmp_path_factory):
     return ckpt
 
 
+@pytest.mark.slow
 def test_train_then_test_through_tools(trained, toy_imagenet, tmp_path):
     work, pkl = tmp_path / 'test', tmp_path / 'preds.pkl'
     run_tool('tools/test.py', TOY, trained, '--work-dir', work, '--out', pkl,
@@ -209,6 +210,7 @@ def test_train_then_test_through_tools(trained, toy_imagenet, tmp_path):
     assert 100. * sum(hits) / len(hits) == pytest.approx(top1)
 
 
+@pytest.mark.slow
 def test_inferencer_and_demo_classify_an_image(trained, toy_imagenet, capsys):
     from mmpretrain.apis import ImageClassificationInferencer
     image = osp.join(toy_imagenet['root'], 'val', 'disk', 'disk_0000.JPEG')

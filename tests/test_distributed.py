@@ -36,6 +36,7 @@ def launch(script, *args):
     return out
 
 
+@pytest.mark.slow
 def test_dist_train_and_dist_test_with_two_cpu_processes(tmp_path):
     toy = make_toy_coco(str(tmp_path / 'coco'), num_train=8, num_val=4, image_size=64)
     opts = cfg_options(toy['root']) + ['train_dataloader.batch_size=2',

@@ -263,6 +263,7 @@ def retinanet_dynamic(trained_retinanet, example_image, tmp_path_factory):
                   str(tmp_path_factory.mktemp('retina_dyn')), example_image)
 
 
+@pytest.mark.slow
 def test_exported_graph_is_the_fused_casvit(retinanet_dynamic):
     """BN folded (no BatchNormalization left but the output norm RetinaNet keeps),
     GELU one node (opset 20), no private mkldnn kernels, dynamic H and W."""
@@ -277,6 +278,7 @@ def test_exported_graph_is_the_fused_casvit(retinanet_dynamic):
     assert [d.dim_param for d in dims] == ['batch', '', 'height', 'width']
 
 
+@pytest.mark.slow
 def test_retinanet_dynamic_onnxruntime(retinanet_dynamic, trained_retinanet, toy):
     """Trained RetinaNet: at sizes not used at export, every detection of mmdet's
     test_step with score >= 0.15 is found and nothing else (mmdeploy's candidate
@@ -286,6 +288,7 @@ def test_retinanet_dynamic_onnxruntime(retinanet_dynamic, trained_retinanet, toy
     assert_same_detections(pairs, score_thr=0.15, fraction=0.98)
 
 
+@pytest.mark.slow
 def test_retinanet_static_onnxruntime(trained_retinanet, example_image, toy, tmp_path):
     """A static file takes one size; mmdeploy's pipeline resizes every image to it."""
     exported = export(RETINA_TOY, trained_retinanet, 'onnxruntime', 'static', str(tmp_path),
@@ -297,6 +300,7 @@ def test_retinanet_static_onnxruntime(trained_retinanet, example_image, toy, tmp
     assert_same_detections(pairs, score_thr=0.15, fraction=0.98)
 
 
+@pytest.mark.slow
 def test_retinanet_dynamic_openvino(trained_retinanet, example_image, toy, tmp_path):
     pytest.importorskip('openvino')
     exported = export(RETINA_TOY, trained_retinanet, 'openvino', 'dynamic', str(tmp_path),
@@ -307,6 +311,7 @@ def test_retinanet_dynamic_openvino(trained_retinanet, example_image, toy, tmp_p
                            fraction=0.98)
 
 
+@pytest.mark.slow
 def test_rtmdet_user_habit_and_parity(trained_rtmdet, toy, tmp_path):
     """What a user types: ``import casvit_mm`` and mmdeploy's own torch2onnx with a
     shipped deploy config; then the file against mmdet at two other sizes."""
@@ -337,6 +342,7 @@ def test_rtmdet_user_habit_and_parity(trained_rtmdet, toy, tmp_path):
     assert_same_detections(pairs, score_thr=0.05, fraction=0.98)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['fcos', 'faster_rcnn'])
 def test_stock_detectors_export_and_run(name, example_image, toy, tmp_path):
     """Seeded random weights: export, dynamic H/W, run at two sizes, detections
@@ -361,6 +367,7 @@ def test_stock_detectors_export_and_run(name, example_image, toy, tmp_path):
         assert len(ref.pred_instances) > 0
 
 
+@pytest.mark.slow
 def test_mask_rcnn_dynamic_onnxruntime(example_image, toy, tmp_path):
     """This repository's Mask R-CNN (seeded, spread scores): dynamic export, masks
     pasted by mmdeploy's backend model, at two sizes; detections found in both
@@ -419,6 +426,7 @@ def seg_images(sizes=SIZES, seed=0):
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('backend,shape', [('onnxruntime', 'dynamic'),
                                            ('onnxruntime', 'static'),
                                            ('openvino', 'dynamic')])
@@ -438,6 +446,7 @@ def test_semantic_fpn(backend, shape, tmp_path):
     assert_same_label_maps(pairs)
 
 
+@pytest.mark.slow
 def test_stock_segformer_dynamic(tmp_path):
     """SegFormer's head with CAS-ViT (UPerNet's pyramid pooling is adaptive pooling,
     which mmdeploy exports with the export size's strides: static files only)."""
@@ -450,6 +459,7 @@ def test_stock_segformer_dynamic(tmp_path):
 
 
 # ------------------------------------------------------------------ classification
+@pytest.mark.slow
 @pytest.mark.parametrize('shape', ['dynamic', 'static'])
 def test_classifier(shape, tmp_path):
     torch.manual_seed(0)
@@ -464,6 +474,7 @@ def test_classifier(shape, tmp_path):
 
 
 # ------------------------------------------------------------------ int8
+@pytest.mark.slow
 def test_int8_quantization_of_the_mmdeploy_file(retinanet_dynamic, trained_retinanet, toy,
                                                 tmp_path):
     """casvit_mm.quantization quantizes the network of the file mmdeploy wrote (same

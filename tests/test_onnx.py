@@ -44,6 +44,7 @@ def randomize_bn(module, seed=0):
     return module
 
 
+@pytest.mark.slow
 def test_deployed_backbone_round_trip(tmp_path):
     model = switch_model_to_deploy(CASViT('xs', out_indices=(1, 2, 3)))
     x = torch.randn(1, 3, 64, 96)
@@ -95,6 +96,7 @@ def reference_detections(model, images):
     return reference
 
 
+@pytest.mark.slow
 def test_retinanet_end_to_end(toy_retinanet, tmp_path):
     """Image -> boxes, scores, labels after NMS, with a dynamic batch: the
     exported deployed detector finds every detection mmdet's test_step finds
@@ -140,6 +142,7 @@ def test_roi_align_matches_mmcv(aligned, sampling_ratio, tmp_path):
     assert relative_error([reference], [out]) < TOL
 
 
+@pytest.mark.slow
 def test_mask_rcnn_end_to_end(tmp_path):
     """Image -> boxes, scores, labels and masks pasted into the image, with a
     dynamic batch: the exported deployed Mask R-CNN finds every detection of
@@ -194,6 +197,7 @@ def test_detector_wrapper_refuses_what_it_does_not_export():
         MaskRCNNEnd2End(build_model(osp.join(REPO, RETINA_TOY)))
 
 
+@pytest.mark.slow
 def test_semantic_fpn_label_map(tmp_path):
     """Image -> label map at input size: onnxruntime's label map equals mmseg's
     predict on >= 99.9 % of the pixels."""
@@ -216,6 +220,7 @@ def test_semantic_fpn_label_map(tmp_path):
     assert (torch.from_numpy(labels[0]) == reference).double().mean() >= 0.999
 
 
+@pytest.mark.slow
 def test_export_tool_semantic_fpn(tmp_path):
     """The command-line tool end to end: it exports the deployed backbone and the
     segmentor (through mmdeploy, dynamic H/W) and checks onnxruntime against the

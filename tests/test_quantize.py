@@ -72,6 +72,7 @@ def toy_classifier(tmp_path_factory):
     return cfg, root, checkpoint
 
 
+@pytest.mark.slow
 def test_toy_classifier_end_to_end(toy_classifier, tmp_path):
     """The tool on a toy-trained classifier: fp32 and int8 files written, int8
     holds quantized convolutions and is under half the size, its scores stay
@@ -116,6 +117,7 @@ def test_toy_classifier_end_to_end(toy_classifier, tmp_path):
     assert (scores_ov.argmax(1) == scores8.argmax(1)).mean() >= 0.9
 
 
+@pytest.mark.slow
 def test_evaluate_fp32_file_matches_pytorch_accuracy(toy_classifier, tmp_path):
     """The evaluation path (images as loaded -> file -> data samples -> the
     config's evaluator) gives the fp32 file the top-1 of mmpretrain's own
@@ -138,6 +140,7 @@ def test_evaluate_fp32_file_matches_pytorch_accuracy(toy_classifier, tmp_path):
     assert metrics['accuracy/top1'] == pytest.approx(reference['accuracy/top1'])
 
 
+@pytest.mark.slow
 def test_retinanet_post_processing_stays_float(tmp_path):
     """In a whole RetinaNet only the network is quantized: every convolution of
     the backbone, neck and head reads int8, and nothing outside the network
@@ -174,6 +177,7 @@ def test_retinanet_post_processing_stays_float(tmp_path):
     assert boxes.shape == (1, 100, 4) and np.isfinite(boxes).all()
 
 
+@pytest.mark.slow
 def test_calibration_reads_the_configs_images(toy_classifier):
     """Calibration batches are real images through the test pipeline (0-255,
     the exported size), as many as asked for, then None."""
@@ -188,6 +192,7 @@ def test_calibration_reads_the_configs_images(toy_classifier):
     assert first.min() >= 0 and first.max() <= 255 and first.std() > 10
 
 
+@pytest.mark.slow
 def test_bad_input(toy_classifier, tmp_path, monkeypatch, capsys):
     """Files that are not this module's fp32 exports, and a missing checkpoint,
     stop with a message that says what to do."""
@@ -218,6 +223,7 @@ def test_bad_input(toy_classifier, tmp_path, monkeypatch, capsys):
             CLS_TOY, '--onnx', plain, '--cfg-options', *loader_options(root)], monkeypatch)
 
 
+@pytest.mark.slow
 def test_toy_classifier_nncf_openvino(toy_classifier, tmp_path):
     """--backend openvino: NNCF writes an int8 OpenVINO IR (FakeQuantize on the
     network's convolutions, the kind recorded, int8 weights: under half the
@@ -255,6 +261,7 @@ def test_toy_classifier_nncf_openvino(toy_classifier, tmp_path):
     assert 0 < error < NNCF_SCORE_TOL and mean_error < MEAN_SCORE_TOL and agree >= 0.9
 
 
+@pytest.mark.slow
 def test_nncf_keeps_retinanet_post_processing_float(tmp_path):
     """NNCF on a whole RetinaNet: every FakeQuantize feeds the network (or is
     the normalised image the first convolution reads); box decoding, top-k
