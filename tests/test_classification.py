@@ -121,6 +121,7 @@ def test_distilled_head_cannot_train_but_the_single_head_can():
     assert model.backbone.patch_embed[0].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_converter_tool_output_loads_into_the_config(tmp_path):
     """The official file layout (weights under `model`, plus training state),
     through tools/model_converters, then loaded as tools/test.py loads it."""
