@@ -188,6 +188,7 @@ def test_converter_writes_a_checkpoint_that_loads_strictly(kind, tmp_path):
     assert all(torch.equal(twice[k], converted['state_dict'][k]) for k in twice)
 
 
+@pytest.mark.slow
 def test_converter_says_which_config_fits(tmp_path):
     src = tmp_path / 'official.pth'
     official_file(config_path('retinanet', 's'), 's', src)
