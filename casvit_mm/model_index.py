@@ -9,42 +9,44 @@ them from ``casvit_mm/.mim/``. mmpretrain's ``ModelHub`` accepts extra indexes
 ``list_models('*casvit*')`` and ``ImageClassificationInferencer`` work by name.
 """
 import os.path as osp
+from typing import List
+
+from mmengine.fileio import load
 
 MIM_DIR = osp.join(osp.dirname(osp.abspath(__file__)), '.mim')
 MODEL_INDEX = osp.join(MIM_DIR, 'model-index.yml')
-_registered = []
+CLASSIFICATION_METAFILE = osp.join(MIM_DIR, 'configs', 'classification', 'metafile.yml')
 
 
-def register_model_index():
+def register_model_index() -> List[str]:
     """Add the classification models to mmpretrain's ``ModelHub`` (once).
 
     Only the classifiers: ``get_model`` builds with mmpretrain's registry, so
     detectors and segmentors are found by name through mmdet's / mmseg's
-    inferencers instead (docs/checkpoints.md). Returns the names registered.
+    inferencers instead (docs/checkpoints.md). ``import casvit_mm`` calls this
+    when ``mmpretrain.apis`` is imported (at once if it already is,
+    :mod:`casvit_mm.import_hooks`): importing it here would import every
+    mmpretrain inferencer into every process. Returns the names registered.
     """
-    if _registered:
-        return list(_registered)
-    try:
-        from mmpretrain.apis import ModelHub
-    except ImportError:  # mmpretrain is optional for detection/segmentation users
-        return []
+    from mmpretrain.apis import ModelHub
     from .checkpoint.locate import SCHEME
-    names = set(ModelHub._models_dict)
-    ModelHub.register_model_index(osp.join(MIM_DIR, 'configs', 'classification',
-                                           'metafile.yml'), config_prefix=MIM_DIR)
-    _registered.extend(sorted(set(ModelHub._models_dict) - names))
-    for name in _registered:
+    names = [m['Name'].lower() for m in load(CLASSIFICATION_METAFILE)['Models']]
+    if all(ModelHub.has(name) for name in names):
+        return names
+    ModelHub.register_model_index(CLASSIFICATION_METAFILE, config_prefix=MIM_DIR)
+    for name in names:
         # `Weights: checkpoints/<name>.pth` is relative to where one runs; as
         # casvit_mm://<name> it is also found in the checkout, and a missing file
         # says how to pass pretrained=PATH (casvit_mm.checkpoint.locate).
+        # ModelHub has no public setter, and its get() returns a copy: the one
+        # place this package writes into mmpretrain's index.
         model = ModelHub._models_dict[name]
         if model.weights and '://' not in model.weights:
             model.weights = SCHEME + model.name
-    return list(_registered)
+    return names
 
 
 def _metafile_models():
-    from mmengine.fileio import load
     index = load(MODEL_INDEX)
     for metafile in index['Import']:
         yield from load(osp.join(MIM_DIR, metafile))['Models']

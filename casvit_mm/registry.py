@@ -4,8 +4,12 @@ and give the scope ``casvit_mm`` registries that build with the right codebase.
 One class, several registries (the mmaction2 shared-heads pattern): ``type='CASViT'``
 then builds under the default scope of mmpretrain, mmdet and mmseg alike, and
 ``custom_imports=dict(imports=['casvit_mm'])`` makes it available to any config.
-A codebase that is not installed is skipped; the registries that were filled are
-listed in ``REGISTERED_SCOPES``.
+A codebase that is not installed is skipped; the installed ones are listed in
+``REGISTERED_SCOPES``. A codebase's registry is filled when its ``registry``
+module is first imported, or at once if it already is (:mod:`casvit_mm.import_hooks`):
+a registry exists only from then on, and ``import casvit_mm`` does not import
+three codebases (mmpretrain's ``__init__`` imports every inferencer) for a
+process that uses one.
 
 Why the ``casvit_mm`` scope: mmengine marks every dict a config inherits through
 ``_base_ = ['casvit_mm::...']`` with ``_scope_='casvit_mm'`` (the text before
@@ -23,6 +27,10 @@ set from the config's ``default_scope`` by the Runner, mmdet's and mmseg's
 inferencers and mmdeploy).
 """
 import importlib
+import importlib.util
+import sys
+
+from .import_hooks import when_imported
 
 MODEL_SCOPES = ('mmpretrain', 'mmdet', 'mmseg')
 SCOPE = 'casvit_mm'
@@ -38,16 +46,26 @@ def registry_of(scope, name):
         return None
 
 
+def installed(scope: str) -> bool:
+    """Whether codebase ``scope`` is installed (found, not imported)."""
+    return importlib.util.find_spec(scope) is not None
+
+
 def register_all(models=()):
-    """Register ``models`` (classes) in the MODELS registry of every codebase."""
+    """Register ``models`` (classes) in the MODELS registry of every installed
+    codebase: now where ``<codebase>.registry`` is imported, else on its first import."""
     for scope in MODEL_SCOPES:
-        registry = registry_of(scope, 'MODELS')
-        if registry is None:
+        if not installed(scope):
             continue
-        for cls in models:
-            registry.register_module(module=cls, force=True)
+        when_imported(f'{scope}.registry', lambda scope=scope: _register(scope, models))
         if scope not in REGISTERED_SCOPES:
             REGISTERED_SCOPES.append(scope)
+
+
+def _register(scope, models):
+    registry = sys.modules[f'{scope}.registry'].MODELS
+    for cls in models:
+        registry.register_module(module=cls, force=True)
 
 
 def outer_scope():

@@ -12,7 +12,7 @@ from mmengine.logging import MessageHub
 from casvit_mm import CASViT
 from casvit_mm.checkpoint import (CheckpointError, UnsafeCheckpointError, convert_official,
                                   load_backbone_checkpoint, to_backbone, to_mmpretrain)
-from conftest import REPO
+from helpers import REPO
 from reference_casvit import official_forward, official_state_dict
 
 
@@ -236,6 +236,7 @@ def test_conversion_functions_are_idempotent():
     assert len(cls) == len(official)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('target', ['mmpretrain', 'backbone'])
 def test_converter_cli_twice_changes_nothing(tmp_path, target):
     official = official_state_dict('xs', classifier=True)

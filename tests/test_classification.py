@@ -18,7 +18,7 @@ from PIL import Image
 from casvit_mm import CASViT
 from casvit_mm.checkpoint import to_mmpretrain
 from casvit_mm.toy_data.imagenet import TOY_IMAGENET_CLASSES, make_toy_imagenet
-from conftest import REPO, loader_options, read_metrics, run_tool
+from helpers import REPO, loader_options, read_metrics, run_tool
 from reference_casvit import official_forward, official_state_dict
 
 TOY = 'configs/classification/casvit_xs_toy.py'
@@ -121,6 +121,7 @@ def test_distilled_head_cannot_train_but_the_single_head_can():
     assert model.backbone.patch_embed[0].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_converter_tool_output_loads_into_the_config(tmp_path):
     """The official file layout (weights under `model`, plus training state),
     through tools/model_converters, then loaded as tools/test.py loads it."""
@@ -195,6 +196,7 @@ def trained(toy_imagenet, tmp_path_factory):
     return ckpt
 
 
+@pytest.mark.slow
 def test_train_then_test_through_tools(trained, toy_imagenet, tmp_path):
     work, pkl = tmp_path / 'test', tmp_path / 'preds.pkl'
     run_tool('tools/test.py', TOY, trained, '--work-dir', work, '--out', pkl,
@@ -209,6 +211,7 @@ def test_train_then_test_through_tools(trained, toy_imagenet, tmp_path):
     assert 100. * sum(hits) / len(hits) == pytest.approx(top1)
 
 
+@pytest.mark.slow
 def test_inferencer_and_demo_classify_an_image(trained, toy_imagenet, capsys):
     from mmpretrain.apis import ImageClassificationInferencer
     image = osp.join(toy_imagenet['root'], 'val', 'disk', 'disk_0000.JPEG')

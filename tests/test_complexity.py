@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from casvit_mm.complexity import CASViTClassifier, count_flops, count_params
-from conftest import REPO
+from helpers import REPO
 
 
 # The paper: params of the classifier (both heads), paper GFLOPs at 224x224
@@ -22,6 +22,7 @@ def test_paper_table_at_224(arch):
     assert round(count_flops(model, torch.zeros(1, 3, 224, 224)) / 1e9, 3) == gflops
 
 
+@pytest.mark.slow
 def test_tool_on_a_detector_config(tmp_path):
     cfg = tmp_path / 'retina.py'
     cfg.write_text(textwrap.dedent('''

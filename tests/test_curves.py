@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from casvit_mm.utils import plot_curves, read_scalars
-from conftest import run_tool
+from helpers import run_tool
 
 
 def write_scalars(path, with_val):

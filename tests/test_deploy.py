@@ -26,7 +26,7 @@ from casvit_mm.cli import build_model, deploy_config, relative_error, reparamete
 from casvit_mm.models.casvit import AdditiveBlock
 from casvit_mm.deploy.switch import switch_model_to_deploy
 from casvit_mm.models.fusion import use_fused_kernels
-from conftest import REPO
+from helpers import REPO
 
 TOL = 1e-4
 DEPLOY_CONFIGS = sorted(osp.relpath(p, REPO)
@@ -248,6 +248,7 @@ def test_every_config_has_a_deploy_variant():
         assert osp.isfile(osp.join(REPO, 'configs', task, 'deploy', osp.basename(path))), path
 
 
+@pytest.mark.slow
 def test_converter_writes_a_checkpoint_the_deploy_config_loads(tmp_path):
     """tools/model_converters/casvit_reparameterize.py: trained checkpoint in,
     fused checkpoint out, loaded strictly by the deploy config (RetinaNet here;
@@ -316,6 +317,7 @@ def test_prepacked_weights_follow_new_weights():
         assert relative_error(reference, first(x)) < TOL
 
 
+@pytest.mark.slow
 def test_mmpretrain_reparameterize_tool_as_is(tmp_path):
     """mmpretrain's own tools/model_converters/reparameterize_model.py (shipped
     in its wheel) fuses a CAS-ViT classifier; the deploy config loads the result

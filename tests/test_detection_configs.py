@@ -15,7 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from casvit_mm.checkpoint import CheckpointError
 from casvit_mm import CASViT
-from conftest import REPO
+from helpers import REPO
 
 DET = osp.join(REPO, 'configs', 'detection')
 SIZES = ('xs', 's', 'm', 't')
@@ -81,6 +81,7 @@ def test_official_recipe(name):
     assert cfg.train_dataloader.dataset.data_root == 'data/coco/'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', REAL + TOY)
 def test_builds_trains_and_predicts(name):
     from mmdet.testing import demo_mm_inputs
@@ -140,6 +141,7 @@ def test_missing_imagenet_checkpoint_says_what_to_do(tmp_path):
         model.init_weights()
 
 
+@pytest.mark.slow
 def test_converted_imagenet_weights_reach_the_backbone(tmp_path, monkeypatch):
     """The README's path: official ImageNet weights, converted, at checkpoints/."""
     sys.path.insert(0, osp.dirname(__file__))

@@ -10,7 +10,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from casvit_mm.toy_data.coco import CLASSES, cfg_options, make_toy_coco
-from conftest import ONE_THREAD, REPO, RETINA
+from helpers import ONE_THREAD, REPO, RETINA
 
 
 def read(path):
@@ -75,6 +75,7 @@ def test_cfg_options_redirect_a_toy_config(tmp_path):
         assert cfg[evaluator].ann_file == '/somewhere/toy/annotations/instances_val2017.json'
 
 
+@pytest.mark.slow
 def test_mmdets_own_get_flops_runs_on_the_toy_config(tmp_path):
     """mmdet's analysis tools read ``val_dataloader``: the toy configs keep one."""
     import mmdet

@@ -16,7 +16,7 @@ from mmengine.config import Config
 from casvit_mm.checkpoint import safe_load
 from casvit_mm.engine import closing_process_group, setup_cpu_distributed
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
-from conftest import REPO, loader_options
+from helpers import REPO, loader_options
 
 RETINA = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'
 
@@ -36,6 +36,7 @@ def launch(script, *args):
     return out
 
 
+@pytest.mark.slow
 def test_dist_train_and_dist_test_with_two_cpu_processes(tmp_path):
     toy = make_toy_coco(str(tmp_path / 'coco'), num_train=8, num_val=4, image_size=64)
     opts = cfg_options(toy['root']) + ['train_dataloader.batch_size=2',

@@ -21,7 +21,7 @@ import torch
 from casvit_mm.checkpoint import safe_load
 from casvit_mm.engine import EXIT_DIVERGED, EXIT_PREEMPTED
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
-from conftest import ONE_THREAD, REPO, RETINA, loader_options, logged_steps, toy_train_options
+from helpers import ONE_THREAD, REPO, RETINA, loader_options, logged_steps, toy_train_options
 
 # Deterministic CPU training (as the SIGKILL test of test_reliability.py).
 ENV = ONE_THREAD
@@ -81,6 +81,7 @@ def test_tools_train_adds_the_guards_once_and_a_resumable_epoch_loop():
 
 
 # ------------------------------------------------------------ divergence
+@pytest.mark.slow
 def test_diverging_run_stops_loudly_and_keeps_the_last_finite_checkpoint(toy, tmp_path):
     work = tmp_path / 'lr1000'
     opts = train_options(toy, **{'optim_wrapper.optimizer.lr': 1000, 'train_cfg.max_iters': 20,
@@ -104,6 +105,7 @@ def test_diverging_run_stops_loudly_and_keeps_the_last_finite_checkpoint(toy, tm
     assert f'The last checkpoint, {saved[-1]}, holds finite weights' in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('task', ['segmentation', 'classification'])
 def test_segmentation_and_classification_runs_stop_the_same_way(task, tmp_path):
     """The guards are the same for mmseg and mmpretrain configs: lr 1e6 stops the
@@ -238,6 +240,7 @@ def assert_same_weights(final, reference, trained_from):
     assert not different, f'resumed run differs from the uninterrupted one in {different[:5]}'
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_iteration_and_resume_matches_an_uninterrupted_run(toy, tmp_path):
     # Periodic checkpoints far apart: what is saved at SIGTERM is the hook's own.
     opts = train_options(toy, **{'train_cfg.max_iters': 8,
@@ -285,6 +288,7 @@ def ranks(torchrun_pid):
     return found
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_iteration(toy, tmp_path):
     """2 CPU processes (torchrun + gloo). Only rank 1 gets SIGTERM: the all-reduced
     flag stops rank 0 too, at the same iteration, and rank 0 saves it."""
@@ -338,6 +342,7 @@ class SignalAt(Hook):
 """
 
 
+@pytest.mark.slow
 def test_sigusr1_inside_an_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     """Epoch-based (the classification recipe): SIGUSR1 (Slurm's --signal) during
     the 2nd iteration of epoch 2 saves iter_6.pth; --resume skips the 2 batches of
@@ -419,6 +424,7 @@ def check_dataset(root):
     return proc.returncode, proc.stdout, proc.stderr
 
 
+@pytest.mark.slow
 def test_check_dataset_passes_a_clean_set(toy):
     code, out, err = check_dataset(toy['root'])
     assert code == 0, out + err
@@ -426,6 +432,7 @@ def test_check_dataset_passes_a_clean_set(toy):
     assert out == '' and 'All samples of train, val, test read and consistent' in err
 
 
+@pytest.mark.slow
 def test_check_dataset_lists_every_planted_fault(damaged):
     code, out, err = check_dataset(damaged['root'])
     assert code == 1, out + err
@@ -444,6 +451,7 @@ def test_check_dataset_lists_every_planted_fault(damaged):
     assert f'{len(rows)} problem(s) in 3 sample(s)' in err
 
 
+@pytest.mark.slow
 def test_a_sample_that_fails_in_training_names_file_dataset_and_check(damaged, tmp_path):
     opts = train_options(damaged, **{'train_cfg.max_iters': 8,
                                      'train_dataloader.num_workers': 1})

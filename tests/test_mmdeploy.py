@@ -33,7 +33,7 @@ from casvit_mm.deploy.onnx_export import (DetectorEnd2End, export_onnx, matched_
 from casvit_mm.deploy.parity import (classification_agreement, detection_agreement,
                                      segmentation_agreement)
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
-from conftest import ONE_THREAD, REPO
+from helpers import ONE_THREAD, REPO
 
 RETINA_TOY = osp.join(REPO, 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py')
 MASK_RCNN_TOY = osp.join(REPO, 'configs/detection/toy/mask_rcnn_casvit_xs_toy-shapes.py')
@@ -502,6 +502,7 @@ def seg_images(sizes=SIZES, seed=0):
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('backend,shape', [('onnxruntime', 'dynamic'),
                                            ('onnxruntime', 'static'),
                                            ('openvino', 'dynamic')])
@@ -521,6 +522,7 @@ def test_semantic_fpn(backend, shape, tmp_path):
     assert_same_label_maps(pairs)
 
 
+@pytest.mark.slow
 def test_stock_segformer_dynamic(tmp_path):
     """SegFormer's head with CAS-ViT (UPerNet's pyramid pooling is adaptive pooling,
     which mmdeploy exports with the export size's strides: static files only)."""
@@ -533,6 +535,7 @@ def test_stock_segformer_dynamic(tmp_path):
 
 
 # ------------------------------------------------------------------ classification
+@pytest.mark.slow
 @pytest.mark.parametrize('shape', ['dynamic', 'static'])
 def test_classifier(shape, tmp_path):
     torch.manual_seed(0)

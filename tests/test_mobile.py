@@ -36,7 +36,7 @@ from casvit_mm.deploy.ort_quantization import batch_images, calibration_loader  
 from casvit_mm.toy_data.ade import make_toy_ade  # noqa: E402
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco  # noqa: E402
 from casvit_mm.toy_data.imagenet import make_toy_imagenet  # noqa: E402
-from conftest import ONE_THREAD, REPO, run_tool  # noqa: E402
+from helpers import ONE_THREAD, REPO, run_tool  # noqa: E402
 from test_deploy import randomize_bn  # noqa: E402
 from test_quantize import CLS_TOY  # noqa: E402
 
@@ -89,6 +89,7 @@ def test_export_form_from_a_fused_backbone_and_no_way_back():
         model.switch_to_deploy(form='onnx')
 
 
+@pytest.mark.slow
 def test_exported_graph_is_plain_4d():
     """torch.export of the export form: no 5-D tensor and none of the ops that
     kept the fused form from delegating whole (unbind, addcmul, 2-D means...)."""
@@ -162,6 +163,7 @@ def classifier_files(tmp_path_factory):
                 int8=str(out_dir / 'tiny_cls_int8.pte'), cfg=cfg, checkpoint=checkpoint)
 
 
+@pytest.mark.slow
 def test_tool_delegates_everything_and_scores(classifier_files):
     out = classifier_files['out']
     for fmt in ('executorch', 'executorch-int8'):
@@ -175,6 +177,7 @@ def test_tool_delegates_everything_and_scores(classifier_files):
     assert re.search(r'^OK +int8 loses at most', out, re.M), out
 
 
+@pytest.mark.slow
 def test_pte_files_run_in_executorch(classifier_files):
     """Both files load in ExecuTorch's Python runtime and take any batch up to
     the exported maximum; fp32 is the eval-mode model to 1e-4 of the output
@@ -212,6 +215,7 @@ def no_workers(cfg):
     return cfg
 
 
+@pytest.mark.slow
 def test_retinanet_raw_outputs_and_mmdet_post_processing(toy_coco_root, tmp_path):
     """RetinaNet: the .pte holds backbone, neck and head (every op on XNNPACK but
     the FPN's nearest upsampling);
@@ -248,6 +252,7 @@ def test_retinanet_raw_outputs_and_mmdet_post_processing(toy_coco_root, tmp_path
         assert keep.any() and found == 1.0
 
 
+@pytest.mark.slow
 def test_segmentor_raw_outputs_and_mmseg_post_processing(tmp_path):
     """Semantic FPN: logits from the .pte, mmseg's predict_by_feat and
     postprocess_result on the host (padding to the exported size cropped off
@@ -286,6 +291,7 @@ def test_two_stage_detectors_say_what_to_do():
 
 
 # ------------------------------------------------------------ Core ML
+@pytest.mark.slow
 def test_coreml_conversion_and_op_inventory(tmp_path):
     """The export form converts whole to a Core ML ML program, and its MIL ops
     are exactly the network's: one conv per Conv2d (16 a block), one GELU per

@@ -12,7 +12,7 @@ from mmengine.registry import DefaultScope
 import casvit_mm  # noqa: F401  (adds the model index)
 from casvit_mm.checkpoint import to_mmpretrain
 from casvit_mm.model_index import MIM_DIR, config_of, model_names
-from conftest import REPO
+from helpers import REPO
 from reference_casvit import official_forward, official_state_dict
 from test_official_checkpoints import config_path, official_file
 

@@ -22,7 +22,7 @@ import casvit_mm  # noqa: F401  (registers CASViT and the safe loader)
 from casvit_mm.checkpoint import CheckpointError, UnsafeCheckpointError, safe_loader_is_registered
 from casvit_mm.cli import build_model
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
-from conftest import REPO, loader_options
+from helpers import REPO, loader_options
 from reference_casvit import official_forward, official_state_dict
 
 CONFIGS = {
@@ -162,6 +162,7 @@ def run(*args, ok=True, env=None):
 CONVERTER = 'tools/model_converters/casvit_to_mm.py'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['retinanet', 'mask_rcnn', 'fpn'])
 def test_converter_writes_a_checkpoint_that_loads_strictly(kind, tmp_path):
     src, dst, again = tmp_path / 'official.pth', tmp_path / 'ours.pth', tmp_path / 'again.pth'
@@ -187,6 +188,7 @@ def test_converter_writes_a_checkpoint_that_loads_strictly(kind, tmp_path):
     assert all(torch.equal(twice[k], converted['state_dict'][k]) for k in twice)
 
 
+@pytest.mark.slow
 def test_converter_says_which_config_fits(tmp_path):
     src = tmp_path / 'official.pth'
     official_file(config_path('retinanet', 's'), 's', src)
@@ -219,6 +221,7 @@ def toy_ade(tmp_path_factory):
                         num_val=2, size=(96, 72), seed=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config, metric', [
     (RETINA_TOY, 'coco/bbox_mAP'),
     ('configs/detection/toy/mask_rcnn_casvit_xs_toy-shapes.py', 'coco/segm_mAP'),
@@ -268,6 +271,7 @@ def assert_refused(proc, path, marker):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_evil_file_refused_by_tools_test(evil, toy, tmp_path):
     path, marker = evil
     proc = run('tools/test.py', RETINA_TOY, path, '--work-dir', tmp_path / 'work',
@@ -275,6 +279,7 @@ def test_evil_file_refused_by_tools_test(evil, toy, tmp_path):
     assert_refused(proc, path, marker)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('how', ['resume', 'load_from'])
 def test_evil_file_refused_by_tools_train(evil, toy, tmp_path, how):
     path, marker = evil
@@ -288,6 +293,7 @@ def test_evil_file_refused_by_tools_train(evil, toy, tmp_path, how):
     assert_refused(proc, path, marker)
 
 
+@pytest.mark.slow
 def test_evil_file_refused_by_mmdets_own_test_tool(evil, toy, tmp_path):
     """mmdet's packaged tools/test.py, with casvit_mm only through custom_imports."""
     import mmdet
@@ -397,6 +403,7 @@ def test_official_imagenet_file_into_a_backbone_with_a_list_init_cfg(tmp_path):
         assert (a - b).abs().max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_tools_test_stops_when_the_heads_do_not_fit(toy, tmp_path):
     """A RetinaNet file given to a Mask R-CNN config: mmengine would warn and evaluate
     random heads; tools/test.py stops, naming the file, the model and the keys."""
@@ -413,6 +420,7 @@ def test_tools_test_stops_when_the_heads_do_not_fit(toy, tmp_path):
             'retinanet_casvit-xs_fpn_1x_coco)') in proc.stderr
 
 
+@pytest.mark.slow
 def test_official_file_through_mmdets_own_test_tool(toy, tmp_path):
     """mmdet's packaged tools/test.py, casvit_mm only through the config's custom_imports."""
     import mmdet

@@ -22,7 +22,7 @@ from casvit_mm.deploy.onnx_export import (DetectorEnd2End, MaskRCNNEnd2End, _RoI
                                           export_onnx, matched_pairs, onnxruntime_session,
                                           openvino_model, run_onnxruntime, run_openvino)
 from casvit_mm.toy_data.coco import make_toy_coco
-from conftest import REPO
+from helpers import REPO
 
 TOL = 1e-4
 RETINA_TOY = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'
@@ -41,6 +41,7 @@ def randomize_bn(module, seed=0):
     return module
 
 
+@pytest.mark.slow
 def test_deployed_backbone_round_trip(tmp_path):
     """The dispatch's backbone file: the deploy form (no BatchNormalization but the
     output norms, GELU one node), the kind recorded, a dynamic batch, outputs of

@@ -29,7 +29,7 @@ from casvit_mm.checkpoint import CheckpointError
 from casvit_mm.toy_data.ade import make_toy_ade
 from casvit_mm.toy_data.coco import make_toy_coco
 from casvit_mm.toy_data.imagenet import make_toy_imagenet
-from conftest import ONE_THREAD, REPO, read_metrics, run_tool_in_process
+from helpers import ONE_THREAD, REPO, read_metrics, run_tool_in_process
 
 BOLTS = ('bolt', 'nut', 'washer')
 SITE_PACKAGES = osp.dirname(osp.dirname(torch.__file__))
@@ -140,6 +140,7 @@ print(json.dumps(dict(det=len(det['labels']), seg=list(seg.pred_sem_seg.data.sha
 '''
 
 
+@pytest.mark.slow
 def test_inferencers_read_inherited_configs_in_a_fresh_process(tmp_path, site_dir):
     """DetInferencer, MMSegInferencer and ImageClassificationInferencer take configs
     inheriting ``casvit_mm::`` with no ``import casvit_mm``; mmcv's Compose builds
@@ -182,6 +183,7 @@ def _inherit(tmp_path, example):
     return path
 
 
+@pytest.mark.slow
 def test_own_classes_detection_with_mmdets_train_tool(tmp_path, site_dir):
     """RetinaNet example: renamed COCO classes, own data root, pretrained backbone,
     trained and validated by mmdet's own tools/train.py."""
@@ -215,6 +217,7 @@ def read_metrics_from_log(work_dir):
     return found
 
 
+@pytest.mark.slow
 def test_own_classes_instance_segmentation_with_our_train_tool(tmp_path):
     """Mask R-CNN example, trained by this repository's tools/train.py run from
     another directory."""
@@ -233,6 +236,7 @@ def test_own_classes_instance_segmentation_with_our_train_tool(tmp_path):
     assert ckpt['state_dict']['roi_head.mask_head.conv_logits.weight'].shape[0] == 3
 
 
+@pytest.mark.slow
 def test_own_classes_semantic_segmentation_with_mmsegs_train_tool(tmp_path, site_dir):
     """Semantic FPN example (BaseSegDataset, five classes of our own names), trained
     and evaluated by mmseg's own tools/train.py."""
@@ -255,6 +259,7 @@ def test_own_classes_semantic_segmentation_with_mmsegs_train_tool(tmp_path, site
     assert 'IoU' in out and 'rust' in out  # the per-class table names our classes
 
 
+@pytest.mark.slow
 def test_own_classes_classification_with_mmpretrains_train_tool(tmp_path, site_dir):
     """Classifier example (one folder per class, renamed), fine-tuned from an
     ImageNet-layout classifier file by mmpretrain's own tools/train.py."""
@@ -290,6 +295,7 @@ def readme_block(lang, title):
     return found[0]
 
 
+@pytest.mark.slow
 def test_readme_own_project_snippet_as_written(tmp_path, site_dir):
     """The README's my_retinanet.py, in a directory outside the repository: trained
     by tools/train.py, then used by DetInferencer in a fresh process."""
@@ -365,6 +371,7 @@ def test_mismatched_head_refused_without_class_names(tmp_path):
     assert all(torch.equal(v, two.state_dict()[k]) for k, v in before.items())  # untouched
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('tool,argv', [
     ('test', ['{ckpt}', '--cfg-options', TWO_CLASSES]),
     ('train', ['--cfg-options', TWO_CLASSES, 'load_from={ckpt}']),

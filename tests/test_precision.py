@@ -14,7 +14,7 @@ from casvit_mm.cli import build_model, load_config, relative_error
 from casvit_mm.deploy.bf16 import Bf16Unsupported, is_bf16, to_bf16
 from casvit_mm.deploy.cpu_isa import ISA_FLAGS, cpu_flags, isa, isa_line, native_bf16
 from casvit_mm.deploy.switch import switch_model_to_deploy
-from conftest import MASK, ONE_THREAD, REPO, RETINA
+from helpers import MASK, ONE_THREAD, REPO, RETINA
 
 # bf16 keeps 8 bits of mantissa (a relative rounding error of 2^-9 per value);
 # through the ~40 layers of CAS-ViT-XS the features moved at most 1.2 % of their

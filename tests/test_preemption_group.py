@@ -19,7 +19,7 @@ import pytest
 
 from casvit_mm.checkpoint import safe_load
 from casvit_mm.engine import EXIT_INTERRUPTED, EXIT_PREEMPTED
-from conftest import ONE_THREAD, REPO, RETINA, logged_steps, toy_train_options
+from helpers import ONE_THREAD, REPO, RETINA, logged_steps, toy_train_options
 from test_long_runs import assert_same_weights, free_port, latest, weights
 
 HOLD = '''
@@ -207,6 +207,7 @@ def test_data_workers_leave_stop_signals_to_the_main_process():
 
 
 # ------------------------------------------------------------ one process
+@pytest.mark.slow
 @pytest.mark.parametrize('workers,persistent,sig', [
     (0, False, 'SIGUSR1'), (2, True, 'SIGTERM'), (2, False, 'SIGINT')])
 def test_a_stop_signal_to_the_whole_group_saves_the_iteration(toy, tmp_path, workers,
@@ -234,6 +235,7 @@ def test_a_stop_signal_to_the_whole_group_saves_the_iteration(toy, tmp_path, wor
         assert (work / 'preempted').read_text().strip() == latest(work)
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_group_then_resume_matches_an_uninterrupted_run(toy, tmp_path):
     """The case as reported: one persistent data worker, SIGTERM to the run and
     its worker during iteration 3; --resume ends with the weights of a run that
@@ -261,6 +263,7 @@ def test_sigterm_to_the_group_then_resume_matches_an_uninterrupted_run(toy, tmp_
                         weights(stopped / 'iter_3.pth'))
 
 
+@pytest.mark.slow
 def test_a_signal_during_validation_and_during_tools_test_stops_cleanly(toy, tmp_path):
     """SIGTERM to the group while the validation at the end of training runs:
     the validation stops, the trained iteration is saved, exit 75. Then
@@ -294,6 +297,7 @@ def test_a_signal_during_validation_and_during_tools_test_stops_cleanly(toy, tmp
 
 
 # ------------------------------------------------------------ two processes
+@pytest.mark.slow
 def test_sigterm_to_every_process_of_a_torchrun_launch_then_resume(toy, tmp_path):
     """tools/dist_train.sh, 2 gloo processes with 2 data workers each. SIGTERM
     to torchrun, both ranks and their workers (as Slurm's cgroup kill does;

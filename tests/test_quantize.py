@@ -22,7 +22,7 @@ from casvit_mm.deploy.ort_quantization import (NETWORK_SCOPES, DataloaderCalibra
                                                calibration_loader, network_nodes, quantize_onnx,
                                                quantized_ops, random_calibration, read_kind)
 from casvit_mm.toy_data.imagenet import make_toy_imagenet
-from conftest import ONE_THREAD, REPO, loader_options, run_tool, run_tool_in_process
+from helpers import ONE_THREAD, REPO, loader_options, run_tool, run_tool_in_process
 
 CLS_TOY = 'configs/classification/casvit_xs_toy.py'
 RETINA_TOY = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'
@@ -121,6 +121,7 @@ def test_toy_classifier_end_to_end(toy_classifier, tmp_path):
     assert (scores_ov.argmax(1) == scores8.argmax(1)).mean() >= 0.9
 
 
+@pytest.mark.slow
 def test_evaluate_fp32_file_matches_pytorch_accuracy(toy_classifier, tmp_path):
     """The evaluation path (the dispatch's fp32 file run by mmdeploy's backend model
     -> data samples -> the config's evaluator) gives the fp32 file the top-1 of
@@ -195,6 +196,7 @@ def test_retinanet_post_processing_stays_float(retina_fp32, tmp_path):
     assert dets.shape[0] == 1 and dets.shape[2] == 5 and np.isfinite(dets).all()
 
 
+@pytest.mark.slow
 def test_calibration_reads_the_configs_images(toy_classifier):
     """Calibration batches are real images through the test pipeline and the
     model's data preprocessor (what the file takes), as many as asked for,
@@ -213,6 +215,7 @@ def test_calibration_reads_the_configs_images(toy_classifier):
     assert batches[0]['images'].std() > 0.3  # normalised images, not zeros
 
 
+@pytest.mark.slow
 def test_bad_input(toy_classifier, tmp_path, monkeypatch, capsys):
     """Files that are not this module's fp32 exports, and a missing checkpoint,
     stop with a message that says what to do."""

@@ -26,8 +26,8 @@ from casvit_mm.checkpoint import safe_load
 from casvit_mm.engine import CPUAmpOptimWrapper, atomic_write, use_atomic_checkpoints
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
 from casvit_mm.utils import DataRootError, check_data_paths, missing_data_paths
-from conftest import (MASK, ONE_THREAD, REPO, RETINA, loader_options, logged_steps, run_tool,
-                      run_tool_in_process, toy_train_options)
+from helpers import (MASK, ONE_THREAD, REPO, RETINA, loader_options, logged_steps, run_tool,
+                     run_tool_in_process, toy_train_options)
 
 SEG = 'configs/segmentation/fpn_casvit_xs_toy.py'
 CLS = 'configs/classification/casvit_xs_toy.py'
@@ -271,6 +271,7 @@ def latest(work):
     return (work / 'last_checkpoint').read_text().strip()
 
 
+@pytest.mark.slow
 def test_kill_during_save_leaves_a_loadable_latest_checkpoint(tmp_path):
     work = tmp_path / 'atomic'
     proc = kill_during_save('AtomicCheckpointHook', work, kill_at=3)
@@ -291,6 +292,7 @@ def test_kill_during_save_leaves_a_loadable_latest_checkpoint(tmp_path):
     assert sorted(p.name for p in work.glob('iter_*')) == ['iter_4.pth']
 
 
+@pytest.mark.slow
 def test_the_same_kill_breaks_mmengines_stock_hook(tmp_path):
     """The injected kill really hits the window AtomicCheckpointHook closes: with
     mmengine's CheckpointHook (max_keep_ckpts=1) nothing loadable is left."""
@@ -310,6 +312,7 @@ def weights(path):
     return safe_load(path)['state_dict']
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_weights_of_an_uninterrupted_run(toy, tmp_path):
     opts = train_options(toy, **{'train_cfg.max_iters': 8,
                                  'default_hooks.checkpoint.interval': 2})
@@ -357,6 +360,7 @@ def test_cpu_amp_wrapper_autocasts_the_forward_only():
         CPUAmpOptimWrapper(dtype='bfloat17', optimizer=torch.optim.SGD(conv.parameters(), lr=0.1))
 
 
+@pytest.mark.slow
 def test_amp_trains_on_the_cpu(tmp_path):
     # 128 px images, not the 64 px of `toy`: at 64 px the FPN's P6 is 1 x 1, and
     # oneDNN's bfloat16 backward of the stride-2 conv that makes P7 from it returns
@@ -378,6 +382,7 @@ def test_amp_trains_on_the_cpu(tmp_path):
 
 
 # ------------------------------------------------------------ mmengine's compile
+@pytest.mark.slow
 def test_mmengine_compile_option_traces_a_casvit_train_step(tmp_path):
     """cfg.compile on the smallest CAS-ViT classifier, with the classification
     recipe's paramwise_cfg (the case TorchDynamo fails on without

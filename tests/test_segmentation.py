@@ -20,7 +20,7 @@ from PIL import Image
 from casvit_mm import CASViT
 from casvit_mm.checkpoint import CheckpointError
 from casvit_mm.toy_data.ade import TOY_ADE_CLASSES, make_toy_ade
-from conftest import REPO, loader_options, read_metrics, run_tool
+from helpers import REPO, loader_options, read_metrics, run_tool
 
 TOY = 'configs/segmentation/fpn_casvit_xs_toy.py'
 ARCHS = ('xs', 's', 'm', 't')
@@ -239,6 +239,7 @@ def toy_options(toy_ade, **extra):
     return opts + [f'{k}={v}' for k, v in extra.items()]
 
 
+@pytest.mark.slow
 def test_train_then_test_through_tools(trained, toy_ade, tmp_path):
     work, vis, preds = tmp_path / 'test', tmp_path / 'vis', tmp_path / 'preds'
     # mmseg's visualisation hook paints every 50th image unless told otherwise.
@@ -258,6 +259,7 @@ def test_train_then_test_through_tools(trained, toy_ade, tmp_path):
     assert len(painted) == 4
 
 
+@pytest.mark.slow
 def test_inferencer_and_demo_write_an_overlay(trained, toy_ade, tmp_path):
     from mmseg.apis import MMSegInferencer
     image = osp.join(toy_ade['root'], 'images/validation/ADE_val_00000002.jpg')

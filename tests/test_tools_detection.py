@@ -14,14 +14,15 @@ from mmengine.config import Config
 
 from casvit_mm.cli import codebase, config_from_args, enable_visualization
 from casvit_mm.checkpoint import safe_load
-from conftest import (MASK, ONE_THREAD, REPO, RETINA, logged_steps, read_metrics, run_tool,
-                      run_tool_in_process, toy_train_options)
+from helpers import (MASK, ONE_THREAD, REPO, RETINA, logged_steps, read_metrics, run_tool,
+                     run_tool_in_process, toy_train_options)
 
 
 def run(*args):
     return run_tool(*args, env=ONE_THREAD)
 
 
+@pytest.mark.slow
 def test_retinanet_train_resume_test(toy, tmp_path):
     work = tmp_path / 'work'
     run('tools/train.py', RETINA, '--work-dir', work,
@@ -70,6 +71,7 @@ def test_retinanet_train_resume_test(toy, tmp_path):
         assert (top_a - top_b).abs().max() < 1e-3
 
 
+@pytest.mark.slow
 def test_mask_rcnn_train_test_and_image_demo(toy, tmp_path):
     work = tmp_path / 'work'
     run('tools/train.py', MASK, '--work-dir', work,

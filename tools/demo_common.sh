@@ -29,12 +29,14 @@ quiet() {
   fi
 }
 
-# train_and_test CONFIG WORK TEST_OUT: train CONFIG from scratch into WORK (a
-# fresh directory), then test its last checkpoint into WORK/test, writing the
-# predictions to TEST_OUT. Sets CKPT (the checkpoint) and TRAINED_AT (the
-# script's SECONDS when training ended).
+# train_and_test CONFIG WORK TEST_OUT [TEST_ARGS...]: train CONFIG from scratch
+# into WORK (a fresh directory), then test its last checkpoint into WORK/test,
+# writing the predictions to TEST_OUT (more tools/test.py arguments after it).
+# Sets CKPT (the checkpoint) and TRAINED_AT (the script's SECONDS when training
+# ended).
 train_and_test() {
   local config=$1 work=$2 out=$3
+  shift 3
   echo "== 2/4 training $config (from scratch)"
   rm -rf "$work"
   mkdir -p "$work"
@@ -43,5 +45,5 @@ train_and_test() {
   CKPT=$(cat "$work/last_checkpoint")
   echo "== 3/4 testing $(basename "$CKPT") on the validation split"
   quiet "$work/test_console.log" \
-    "$PY" tools/test.py "$config" "$CKPT" --work-dir "$work/test" --out "$out"
+    "$PY" tools/test.py "$config" "$CKPT" --work-dir "$work/test" --out "$out" "$@"
 }

@@ -34,7 +34,7 @@ def training_losses(work):
 
 def detection(work):
     losses = training_losses(work)
-    metrics = test_metrics(work)
+    metrics = test_metrics(osp.join(work, 'test'))
     print('\n== CAS-ViT-XS RetinaNet on the toy shapes (val split, 50 images)')
     print('training loss by iteration: ' +
           ', '.join(f'{s}: {l:.2f}' for s, l in losses[::2] + losses[-1:]))
