@@ -31,11 +31,12 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from ..quantization import (KIND_KEY, NETWORK_SCOPES, QuantizationError, evaluate_runners,
-                            read_kind)
+from ..quantization import (KIND_KEY, NETWORK_SCOPES, QuantizationError, _predictions,
+                            batch_images, evaluate_runners, read_kind)
+from .accuracy import HEADLINE
 
-__all__ = ['quantize_openvino', 'read_ir_kind', 'fake_quantize_count', 'compile_openvino',
-           'run_compiled', 'effective_precision', 'evaluate_openvino', 'perf_counters',
+__all__ = ['quantize_openvino', 'EvaluatorValidation', 'read_ir_kind', 'fake_quantize_count', 'compile_openvino',
+           'run_compiled', 'float_layers', 'effective_precision', 'evaluate_openvino', 'perf_counters',
            'ir_size']
 
 
@@ -75,9 +76,59 @@ def _outside_network(model, kind):
     return names
 
 
+class EvaluatorValidation:
+    """The config's evaluator as NNCF's validation function, for
+    ``nncf.quantize_with_accuracy_control``.
+
+    The test split's batches are loaded once (``items``: the graph's input and
+    the batch's data samples); calling the object with an OpenVINO compiled
+    model and some of the items scores them with the config's test evaluator
+    (CocoMetric, IoUMetric, Accuracy), the same one ``--eval`` uses, and returns
+    the mean of the headline metrics on the 0-1 scale (for Mask R-CNN the mean
+    of bbox and mask mAP and mAP@0.5).
+    """
+
+    def __init__(self, cfg, model, kind, shape):
+        import copy
+
+        from mmengine.runner import Runner
+
+        from ..apis import codebase
+        loader_cfg = copy.deepcopy(cfg.get('test_dataloader') or cfg.val_dataloader)
+        loader_cfg.update(num_workers=0, persistent_workers=False)
+        loader = Runner.build_dataloader(loader_cfg)
+        self.items = [(batch_images(data, model, kind, shape).numpy(), data) for data in loader]
+        self.cfg, self.kind, self.meta = cfg, kind, loader.dataset.metainfo
+        self.scale = 1. if codebase(cfg) == 'mmdet' else 100.
+        self.align_corners = getattr(getattr(model, 'decode_head', None), 'align_corners',
+                                     False)
+        self.calls = 0
+
+    def __call__(self, compiled, items):
+        import contextlib
+        import copy
+        import io
+
+        from mmengine.evaluator import Evaluator
+        cfg = self.cfg.get('test_evaluator') or self.cfg.val_evaluator
+        evaluator, seen = Evaluator(copy.deepcopy(cfg)), 0
+        evaluator.dataset_meta = self.meta
+        for images, data in items:
+            samples = _predictions(self.kind, run_compiled(compiled, images),
+                                   copy.deepcopy(data['data_samples']), self.align_corners)
+            evaluator.process(data_samples=samples, data_batch=data)
+            seen += len(images)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables
+            metrics = evaluator.evaluate(seen)
+        values = [float(v) for k, v in metrics.items() if k.endswith(HEADLINE)]
+        self.calls += 1
+        return sum(values) / len(values) / self.scale, None
+
+
 def quantize_openvino(fp32_path, int8_path, calibration, kind=None, fast_bias_correction=True,
                       float_op_types=(), exclude=(), preset='mixed', ranges='minmax',
-                      bias_correction=True, overflow_fix=None):
+                      bias_correction=True, overflow_fix=None, validation=None,
+                      max_drop=0.01):
     """Quantize an exported fp32 ONNX file for OpenVINO with NNCF.
 
     NNCF's CPU settings (int8 weights per output channel, int8 activations,
@@ -92,6 +143,14 @@ def quantize_openvino(fp32_path, int8_path, calibration, kind=None, fast_bias_co
     CPUs like the one that quantizes). Nodes outside the network (see the
     module doc), of OpenVINO op types ``float_op_types`` (e.g. ``Multiply``)
     and named in ``exclude`` stay float.
+
+    With ``validation`` (an :class:`EvaluatorValidation`), NNCF's
+    accuracy-aware quantization (``nncf.quantize_with_accuracy_control``):
+    after quantizing as above it scores the fp32 and int8 models with the
+    config's evaluator and, while int8 loses more than ``max_drop`` (absolute,
+    0-1 scale), ranks the quantized layers by how much each costs and puts
+    the worst back to float, one group at a time (:func:`float_layers` lists
+    them afterwards: they run in fp32, which is the speed this costs).
 
     Returns:
         str: ``int8_path`` (an ``.xml``; its weights in the ``.bin`` beside it).
@@ -122,12 +181,51 @@ def quantize_openvino(fp32_path, int8_path, calibration, kind=None, fast_bias_co
         disable_bias_correction=not bias_correction, overflow_fix=OverflowFix(overflow_fix),
         **(dict(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
            if ranges == 'minmax' else {}))
-    quantized = nncf.quantize(model, nncf.Dataset(images), preset=presets[preset],
-                              subset_size=len(images), fast_bias_correction=fast_bias_correction,
-                              ignored_scope=ignored, advanced_parameters=advanced)
+    common = dict(preset=presets[preset], subset_size=len(images),
+                  fast_bias_correction=fast_bias_correction, ignored_scope=ignored)
+    if validation is None:
+        quantized = nncf.quantize(model, nncf.Dataset(images), advanced_parameters=advanced,
+                                  **common)
+    else:
+        quantized = nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(images), nncf.Dataset(validation.items), validation,
+            max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
+            advanced_quantization_parameters=advanced, **common)
     quantized.set_rt_info(kind, [KIND_KEY])
     ov.save_model(quantized, int8_path, compress_to_fp16=False)
     return int8_path
+
+
+# the layers whose int8 kernels make the speed; the rest follows their precision
+_COMPUTE_TYPES = ('Convolution', 'GroupConvolution', 'MatMul')
+_SHAPE_TYPES = ('Reshape', 'Transpose', 'Squeeze', 'Unsqueeze')
+
+
+def float_layers(path):
+    """The network's convolutions and matrix products in an int8 IR whose input
+    is not quantized (no FakeQuantize before them): the layers NNCF's accuracy
+    control put back to float, or that the ignored scope kept float. They run
+    in fp32, which is the speed cost of the accuracy.
+
+    Returns:
+        tuple[list[str], int]: their names, and the network's compute layers in all.
+    """
+    ov = _openvino()
+    kind = read_ir_kind(path)
+    scopes = NETWORK_SCOPES[kind]
+    names, total = [], 0
+    for op in ov.Core().read_model(path).get_ordered_ops():
+        name = op.get_friendly_name()
+        if op.get_type_name() not in _COMPUTE_TYPES or (
+                scopes is not None and name.lstrip('/').split('/')[0] not in scopes):
+            continue
+        total += 1
+        source = op.input_value(0).get_node()
+        while source.get_type_name() in _SHAPE_TYPES:  # e.g. FakeQuantize -> Reshape -> MatMul
+            source = source.input_value(0).get_node()
+        if source.get_type_name() != 'FakeQuantize':
+            names.append(name)
+    return names, total
 
 
 def read_ir_kind(path):

@@ -63,8 +63,9 @@ def parse_args():
     parser.add_argument('--shape', nargs=2, type=int, metavar=('H', 'W'),
                         help='exported image size (default: that of a val image after the '
                         'test pipeline); smaller images are padded bottom-right')
-    parser.add_argument('--calib-images', type=int, default=32,
-                        help='images to calibrate on (default 32)')
+    parser.add_argument('--calib-images', type=int,
+                        help='images to calibrate on (default: 32 for onnxruntime; 300, '
+                        'NNCF\'s own default, for --backend openvino)')
     parser.add_argument('--calib-split', choices=['train', 'val'], default='train')
     parser.add_argument('--calib-batch', type=int, default=8)
     parser.add_argument('--op-types', nargs='+', default=DEFAULT_OP_TYPES,
@@ -78,6 +79,12 @@ def parse_args():
                         help='onnxruntime: its static QDQ quantizer, an .onnx that onnxruntime '
                         'and OpenVINO run; openvino: NNCF, an OpenVINO IR (.xml), faster on '
                         'x86 CPUs (docs/quantization.md)')
+    parser.add_argument('--accuracy-control', action='store_true',
+                        help='with --backend openvino: NNCF\'s accuracy-aware quantization '
+                        '(nncf.quantize_with_accuracy_control), which scores int8 with the '
+                        'config\'s evaluator on its test split and puts the costliest layers '
+                        'back to float until int8 loses at most --max-drop; slow (a model '
+                        'compile and evaluation per layer group ranked)')
     parser.add_argument('--out-dir', default='work_dirs/quantize')
     parser.add_argument('--threads', type=int, default=2, help='onnxruntime threads')
     parser.add_argument('--repeats', type=int, default=5, help='timed runs per file')
@@ -86,9 +93,9 @@ def parse_args():
                         'which runs the int8 file faster than onnxruntime on x86 CPUs')
     parser.add_argument('--eval', action='store_true',
                         help='score fp32 and int8 with the config\'s test evaluator')
-    parser.add_argument('--max-drop', type=float, default=0.02,
-                        help='with --eval, exit 1 if int8 loses more on a metric '
-                        '(default 0.02, on the 0-1 scale)')
+    parser.add_argument('--max-drop', type=float,
+                        help='with --eval, exit 1 if int8 loses more on a metric (on the 0-1 '
+                        'scale; default 0.02 for onnxruntime, 0.01 for --backend openvino)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, as key=value pairs')
     args = parser.parse_args()
@@ -96,8 +103,14 @@ def parse_args():
                        ('--onnx', args.onnx)):
         if path and not osp.isfile(path):
             parser.error(f'{what} {path!r} does not exist')
+    if args.max_drop is None:
+        args.max_drop = 0.01 if args.backend == 'openvino' else 0.02
+    if args.calib_images is None:  # NNCF's default subset_size; fewer lost images on the demos
+        args.calib_images = 300 if args.backend == 'openvino' else 32
     if args.calib_images < 1 or args.calib_batch < 1 or args.repeats < 1:
         parser.error('--calib-images, --calib-batch and --repeats must be >= 1')
+    if args.accuracy_control and args.backend != 'openvino':
+        parser.error('--accuracy-control is NNCF\'s: use it with --backend openvino')
     if args.backend == 'openvino' and args.op_types != DEFAULT_OP_TYPES:
         parser.error('--op-types is onnxruntime\'s; with --backend openvino NNCF picks the '
                      'ops, --float-op-types (OpenVINO op types) and --exclude keep some float')
@@ -207,17 +220,27 @@ def report_metrics(cfg, metrics32, metrics8, max_drop):
 
 def openvino_backend(args, cfg, model, kind, shape, sample, fp32, name, calibration, start):
     """Steps 2-4 with NNCF and OpenVINO (f32 hint: the float parts stay f32)."""
-    from casvit_mm.deploy.nncf_int8 import (compile_openvino, evaluate_openvino,
-                                            fake_quantize_count, ir_size, quantize_openvino,
-                                            run_compiled)
+    from casvit_mm.deploy.nncf_int8 import (EvaluatorValidation, compile_openvino,
+                                            evaluate_openvino, fake_quantize_count, float_layers,
+                                            ir_size, quantize_openvino, run_compiled)
     int8 = osp.join(args.out_dir, f'{name}_int8.xml')
+    validation = None
+    if args.accuracy_control:
+        if kind == 'backbone':
+            raise SystemExit('--accuracy-control needs a whole model (the backbone alone has '
+                             'no metric)')
+        validation = EvaluatorValidation(cfg, model, kind, shape)
     quantize_openvino(fp32, int8, calibration, kind, float_op_types=args.float_op_types,
-                      exclude=args.exclude)
+                      exclude=args.exclude, validation=validation, max_drop=args.max_drop)
     print(f'{kind}, {shape[0]}x{shape[1]}, calibrated on {calibration.seen} {args.calib_split} '
-          f'images in {time.perf_counter() - start:.0f} s (NNCF)')
+          f'images in {time.perf_counter() - start:.0f} s (NNCF'
+          + (f', accuracy control: {validation.calls} evaluations)' if validation else ')'))
     print(f'fp32 {fp32}: {osp.getsize(fp32) / 1e6:.1f} MB')
     print(f'int8 {int8}: {ir_size(int8) / 1e6:.1f} MB with its .bin, '
           + ', '.join(f'{n} {k}' for k, n in sorted(fake_quantize_count(int8).items())))
+    floats, total = float_layers(int8)
+    print(f'{total - len(floats)} of the network\'s {total} convolutions / matrix products '
+          f'in int8' + (f'; float (fp32 speed): {", ".join(floats)}' if floats else ''))
     run = run_compiled
     t32, out32 = timed(compile_openvino(fp32, args.threads), sample, args.repeats, run)
     t8, out8 = timed(compile_openvino(int8, args.threads), sample, args.repeats, run)
