@@ -226,7 +226,8 @@ def test_toy_classifier_nncf_openvino(toy_classifier, tmp_path):
     fp32 file run by OpenVINO (f32 hint), and --eval scores both with
     mmpretrain's Accuracy with top-1 lower by at most 0.01 (the default
     --max-drop of this backend)."""
-    from casvit_mm.deploy.nncf_int8 import (compile_openvino, effective_precision,
+    from casvit_mm.deploy.nncf_int8 import (EvaluatorValidation, compile_openvino,
+                                            effective_precision, evaluate_openvino,
                                             fake_quantize_count, ir_size, read_ir_kind,
                                             run_compiled)
     cfg, root, checkpoint = toy_classifier
@@ -258,6 +259,12 @@ def test_toy_classifier_nncf_openvino(toy_classifier, tmp_path):
     print(f'NNCF int8 class scores: max |int8 - fp32| / max |fp32| = {error:.3f}, mean '
           f'{mean_error:.4f}, top-1 agreement {agree:.3f}')
     assert 0 < error < NNCF_SCORE_TOL and mean_error < MEAN_SCORE_TOL and agree >= 0.9
+
+    # --accuracy-control's validation function: what --eval scores, on the 0-1 scale
+    validation = EvaluatorValidation(cfg, model, 'classifier', (64, 64))
+    top1, per_sample = validation(compiled32, validation.items)
+    expected = evaluate_openvino([fp32], cfg, model, (64, 64), threads=1)[0]['accuracy/top1']
+    assert per_sample is None and top1 == pytest.approx(expected / 100) and 0 < top1 <= 1
 
 
 def test_nncf_keeps_retinanet_post_processing_float(tmp_path):
