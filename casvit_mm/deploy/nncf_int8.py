@@ -198,7 +198,8 @@ def quantize_openvino(fp32_path, int8_path, calibration, kind=None, fast_bias_co
 
 # the layers whose int8 kernels make the speed; the rest follows their precision
 _COMPUTE_TYPES = ('Convolution', 'GroupConvolution', 'MatMul')
-_SHAPE_TYPES = ('Reshape', 'Transpose', 'Squeeze', 'Unsqueeze')
+# ops that pass int8 values through unchanged (an FPN's extra level is a MaxPool)
+_PASS_THROUGH = ('Reshape', 'Transpose', 'Squeeze', 'Unsqueeze', 'MaxPool')
 
 
 def float_layers(path):
@@ -221,7 +222,7 @@ def float_layers(path):
             continue
         total += 1
         source = op.input_value(0).get_node()
-        while source.get_type_name() in _SHAPE_TYPES:  # e.g. FakeQuantize -> Reshape -> MatMul
+        while source.get_type_name() in _PASS_THROUGH:  # e.g. FakeQuantize -> Reshape -> MatMul
             source = source.input_value(0).get_node()
         if source.get_type_name() != 'FakeQuantize':
             names.append(name)
