@@ -253,18 +253,22 @@ def test_toy_classifier_nncf_openvino(toy_classifier, tmp_path):
     network's convolutions, the kind recorded, int8 weights: under half the
     fp32 file) whose scores stay within NNCF_SCORE_TOL / MEAN_SCORE_TOL of the
     fp32 file run by OpenVINO (f32 hint), and --eval scores both with
-    mmpretrain's Accuracy."""
+    mmpretrain's Accuracy with top-1 lower by at most 0.01 (the default
+    --max-drop of this backend)."""
     from casvit_mm.deploy.nncf_int8 import (compile_openvino, effective_precision,
                                             fake_quantize_count, ir_size, read_ir_kind,
                                             run_compiled)
     cfg, root, checkpoint = toy_classifier
+    # the defaults: every training image calibrates (NNCF's 300 at most), and --eval
+    # fails (exit 1, run_tool raises) where int8 loses more than 0.01 top-1
     out = run_tool('tools/deployment/quantize.py', CLS_TOY, '--checkpoint', checkpoint,
-                   '--backend', 'openvino', '--calib-images', 8, '--calib-batch', 4,
+                   '--backend', 'openvino', '--calib-batch', 4,
                    '--repeats', 1, '--threads', 1, '--out-dir', tmp_path, '--eval',
-                   '--max-drop', 0.25, '--cfg-options', *loader_options(root), env=ONE_THREAD)
+                   '--cfg-options', *loader_options(root), env=ONE_THREAD)
     fp32 = str(tmp_path / 'casvit_xs_toy_fp32.onnx')
     int8 = str(tmp_path / 'casvit_xs_toy_int8.xml')
-    assert 'accuracy/top1' in out and '(NNCF)' in out and 'OK ' in out, out
+    assert 'accuracy/top1' in out and '(NNCF)' in out and '(allowed 0.01)' in out, out
+    assert 'OK ' in out and 'calibrated on 32 train images' in out, out
     assert read_ir_kind(int8) == 'classification'
     assert ir_size(int8) < 0.5 * osp.getsize(fp32)
     convs = sum(n.op_type == 'Conv' for n in onnx.load(fp32).graph.node)

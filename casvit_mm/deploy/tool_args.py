@@ -13,16 +13,19 @@ from typing import Sequence, Tuple
 __all__ = ['add_calibration_args', 'check_calibration_args', 'load_model']
 
 
-def add_calibration_args(parser: argparse.ArgumentParser, shape_help: str = None):
+def add_calibration_args(parser: argparse.ArgumentParser, shape_help: str = None,
+                         calib_images_help: str = 'images to calibrate on (default 32)',
+                         calib_images: int = 32):
     """``--shape``, ``--calib-images``, ``--calib-split``, ``--calib-batch`` and
-    ``--cfg-options``."""
+    ``--cfg-options``; ``calib_images=None`` leaves the default to the tool (it
+    depends on another argument)."""
     from mmengine.config import DictAction
     parser.add_argument('--shape', nargs=2, type=int, metavar=('H', 'W'),
                         help=shape_help or 'exported image size (default: that of a val '
                         'image after the test pipeline); smaller images are padded '
                         'bottom-right')
-    parser.add_argument('--calib-images', type=int, default=32,
-                        help='images to calibrate on (default 32)')
+    parser.add_argument('--calib-images', type=int, default=calib_images,
+                        help=calib_images_help)
     parser.add_argument('--calib-split', choices=['train', 'val'], default='train',
                         help='train: the training images through the test pipeline '
                         '(default); val: the val loader')
