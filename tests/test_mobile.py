@@ -330,16 +330,13 @@ def test_nearest_upsampling_exports_as_an_exact_transposed_conv():
 
 @pytest.mark.slow
 def test_int8_keeps_the_sensitive_modules_float():
-    """By default int8 leaves the last CAS-ViT stage and every GroupNorm fp32
-    (float_modules); the quantizer puts no quantize node inside them and
+    """By default int8 leaves the last CAS-ViT stage fp32 (float_modules); the
+    quantizer puts no quantize node inside them and
     quantizes the rest; unknown names are refused."""
     from mmengine.config import Config
     cfg = tiny(Config.fromfile(osp.join(REPO, RETINA_TOY)))
     network = mobile_network(build_model(cfg).eval(), 'detector')
-    names = float_modules(network)
-    assert names[0] == 'backbone.stages.3'
-    assert any(name.startswith('bbox_head.cls_convs') and name.endswith('.gn')
-               for name in names), names
+    assert float_modules(network) == ['backbone.stages.3']
     backbone = mobile_network(CASViT(arch=TINY).eval(), 'backbone')
     assert float_modules(backbone) == ['stages.3']
     x = torch.randn(2, 3, 64, 64)
