@@ -25,7 +25,9 @@ plain 4-D ops that XNNPACK and Core ML take whole.
 * :func:`to_executorch`: ``torch.export`` (batch dynamic) -> XNNPACK
   partitioner -> ``.pte``; ``quantize=True`` first quantizes with PT2E
   (``XNNPACKQuantizer``, symmetric int8, per-channel weights, calibrated on
-  the batches given: the config's own images, :func:`calibration_batches`).
+  the batches given: the config's own images, :func:`calibration_batches`;
+  the modules of :func:`float_modules` left in fp32). Nearest upsamplings
+  are exported as exact transposed convs (:class:`NearestAsTransposedConv`).
   Returns how much of the graph XNNPACK took (ExecuTorch's delegation info).
 * :func:`to_coreml`: ``torch.export`` -> coremltools -> ``.mlpackage``
   (ML program, fp16) and its MIL op inventory. Conversion runs on Linux;
