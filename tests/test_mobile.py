@@ -330,17 +330,20 @@ def test_nearest_upsampling_exports_as_an_exact_transposed_conv():
 
 @pytest.mark.slow
 def test_int8_keeps_the_sensitive_modules_float():
-    """By default int8 leaves the last CAS-ViT stage fp32 (float_modules); the
-    quantizer puts no quantize node inside them and
+    """By default int8 leaves a classifier's last CAS-ViT stage fp32
+    (float_modules), a detector's nothing; named modules: the quantizer puts no quantize node inside them and
     quantizes the rest; unknown names are refused."""
     from mmengine.config import Config
     cfg = tiny(Config.fromfile(osp.join(REPO, RETINA_TOY)))
     network = mobile_network(build_model(cfg).eval(), 'detector')
-    assert float_modules(network) == ['backbone.stages.3']
+    assert float_modules(network) == []
+    classifier = mobile_network(build_model(tiny(Config.fromfile(osp.join(REPO, CLS_TOY)))),
+                                'classifier')
+    assert float_modules(classifier) == ['backbone.stages.3']
     backbone = mobile_network(CASViT(arch=TINY).eval(), 'backbone')
-    assert float_modules(backbone) == ['stages.3']
+    assert float_modules(backbone) == []
     x = torch.randn(2, 3, 64, 64)
-    quantized = quantize_pt2e(backbone, x, [x])
+    quantized = quantize_pt2e(backbone, x, [x], keep_float=['stages.3'])
 
     def quantizes(node):
         return 'quantize_per' in str(node.target) and 'dequantize' not in str(node.target)

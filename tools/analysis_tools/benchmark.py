@@ -50,7 +50,7 @@ Variants (--variants), each from the same random weights:
   executorch-int8    the same, PT2E int8 (XNNPACKQuantizer, symmetric, per-channel),
                      calibrated on --int8-calib random batches (timing only); backbone
                      rows only. CAS-ViT's last stage stays fp32, as export_mobile.py
-                     leaves it by default for accuracy (casvit_mm.deploy.mobile.float_modules)
+                     leaves a classifier's for accuracy (casvit_mm.deploy.mobile.float_modules)
   executorch-int8-all  the same with every layer int8 (export_mobile.py --int8-float):
                      the speed cost of the fp32 last stage is the difference
   int8-nncf          the fp32 ONNX file quantized by NNCF for OpenVINO
@@ -357,11 +357,14 @@ def executorch_runner(network, example, path, threads, int8_calib=2):
         from casvit_mm.deploy.mobile import ExecuTorchModel, to_executorch
         from casvit_mm.quantization import random_calibration
         int8 = variant.startswith('executorch-int8')
+        # CAS-ViT's last stage in fp32, as export_mobile.py leaves a classifier's
+        keep_float = [f'stages.{len(m.stages) - 1}' for m in [network.model]
+                      if isinstance(m, CASViT)]
         calibration = ([torch.from_numpy(b['images'])
                         for b in random_calibration(example, int8_calib)] if int8 else None)
         info = to_executorch(network, example, f'{path}_{variant}.pte', quantize=int8,
                              calibration=calibration, max_batch=max(2, example.shape[0]),
-                             keep_float=() if variant == 'executorch-int8-all' else None)
+                             keep_float=keep_float if variant == 'executorch-int8' else ())
         if info['non_delegated']:
             print(f'note: {variant} leaves ops to ExecuTorch\'s portable kernels: '
                   f'{info["non_delegated_ops"]}')

@@ -8,8 +8,8 @@ From a config and a checkpoint (training layout):
      dynamic up to --max-batch, H x W fixed (--shape);
   2. write OUT_DIR/NAME_fp32.pte (XNNPACK), OUT_DIR/NAME_int8.pte (PT2E
      int8: XNNPACKQuantizer, symmetric, per-channel weights, calibrated on
-     --calib-images images of the config's own data; the last CAS-ViT stage
-     left in fp32 unless --int8-float says otherwise) and
+     --calib-images images of the config's own data; a classifier's last
+     CAS-ViT stage left in fp32 unless --int8-float says otherwise) and
      OUT_DIR/NAME.mlpackage (Core ML ML program, fp16), as --formats says;
   3. for each .pte: how many ops XNNPACK runs (ExecuTorch's delegation info;
      the tool fails unless all of them, but for the FPN's upsampling of
@@ -83,8 +83,8 @@ def parse_args():
                         'metric against PyTorch (default 0.01, on the 0-1 scale)')
     parser.add_argument('--int8-float', nargs='*', metavar='MODULE',
                         help='int8: modules left in fp32, by name in the model (e.g. '
-                        'backbone.stages.3). Default: the last CAS-ViT stage, the most '
-                        'sensitive one; the flag with no name quantizes everything')
+                        'backbone.stages.3). Default: a classifier\'s last CAS-ViT stage, '
+                        'the most sensitive one; the flag with no name quantizes everything')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, as key=value pairs')
     args = parser.parse_args()
