@@ -25,7 +25,9 @@ plain 4-D ops that XNNPACK and Core ML take whole.
 * :func:`to_executorch`: ``torch.export`` (batch dynamic) -> XNNPACK
   partitioner -> ``.pte``; ``quantize=True`` first quantizes with PT2E
   (``XNNPACKQuantizer``, symmetric int8, per-channel weights, calibrated on
-  the batches given: the config's own images, :func:`calibration_batches`).
+  the batches given: the config's own images, :func:`calibration_batches`;
+  the modules of :func:`float_modules` left in fp32). Nearest upsamplings
+  are exported as exact transposed convs (:class:`NearestAsTransposedConv`).
   Returns how much of the graph XNNPACK took (ExecuTorch's delegation info).
 * :func:`to_coreml`: ``torch.export`` -> coremltools -> ``.mlpackage``
   (ML program, fp16) and its MIL op inventory. Conversion runs on Linux;
@@ -46,14 +48,16 @@ import torch.nn as nn
 
 __all__ = ['MOBILE_KINDS', 'PORTABLE_OK', 'MobileExportError', 'MobileNetwork', 'ExecuTorchModel',
            'mobile_kind', 'mobile_network', 'export_program', 'to_executorch',
-           'quantize_pt2e', 'to_coreml', 'coreml_ops', 'calibration_batches',
+           'quantize_pt2e', 'float_modules', 'to_coreml', 'coreml_ops', 'calibration_batches',
            'host_predictions', 'evaluate_mobile', 'export_mobile', 'FORMATS']
 
 MOBILE_KINDS = ('classifier', 'detector', 'segmentor', 'backbone')
 FORMATS = ('executorch', 'executorch-int8', 'coreml')
 # What XNNPACK (ExecuTorch 1.4's partitioner) does not take from the necks and
-# heads of the dense models: the FPN's upsampling stays on ExecuTorch's portable
-# kernels. The CAS-ViT network and the classifier delegate whole.
+# heads of the dense models: bilinear resizes (XNNPACK's static_resize_bilinear_2d
+# takes no dynamic shape, and the batch is dynamic), and nearest upsamplings by
+# other than whole factors (:class:`NearestAsTransposedConv` makes the others
+# XNNPACK's). The CAS-ViT network and the classifier delegate whole.
 PORTABLE_OK = ('aten_upsample_nearest2d_vec', 'aten_upsample_bilinear2d_vec')
 # torch.export needs an upper bound for a dynamic batch; ExecuTorch plans the
 # activation memory for it.
@@ -174,10 +178,96 @@ def mobile_network(model: nn.Module, kind: str) -> MobileNetwork:
     return MobileNetwork(deployed, kind).eval()
 
 
+class NearestAsTransposedConv:
+    """Nearest upsampling by whole factors as a depthwise transposed convolution.
+
+    ExecuTorch 1.4's XNNPACK partitioner has no nearest upsampling, so the FPN's
+    ``F.interpolate(mode='nearest')`` stayed on portable kernels. Upsampling by
+    whole factors ``(fh, fw)`` is a depthwise ``conv_transpose2d`` with a
+    ``(C, 1, fh, fw)`` kernel of ones and stride ``(fh, fw)``: each output
+    pixel is one input pixel times 1.0, so the result is bit-identical, and
+    XNNPACK runs it (fp32 and int8: the ones are exact in int8).
+
+    Used as a context around ``torch.export``: ``record(network, example)``
+    first runs the network eagerly to make the kernels (real tensors, which
+    ``torch.export`` then lifts as constants) and keeps only the calls whose
+    output the transposed conv reproduces exactly; inside the context
+    ``torch.nn.functional.interpolate`` uses them (mmdet's FPN and mmseg's
+    ``resize`` call it through the module). Other resizes are left as they are.
+    """
+
+    def __init__(self):
+        self.kernels = {}
+        self.original = None
+
+    @staticmethod
+    def _factors(x, size, scale_factor):
+        H, W = x.shape[-2:]
+        if size is not None:
+            out = (size, size) if isinstance(size, int) else tuple(size)
+        elif scale_factor is not None:
+            scale = scale_factor if isinstance(scale_factor, (tuple, list)) else (
+                scale_factor, scale_factor)
+            if any(float(s) != int(s) for s in scale):
+                return None
+            out = (H * int(scale[0]), W * int(scale[1]))
+        else:
+            return None
+        if out[0] % H or out[1] % W:
+            return None
+        return int(out[0]) // int(H), int(out[1]) // int(W)
+
+    def _deconv(self, x, size=None, scale_factor=None, mode='nearest', align_corners=None,
+                recompute_scale_factor=None, antialias=False):
+        args = (x, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
+        factors = (self._factors(x, size, scale_factor)
+                   if mode == 'nearest' and x.dim() == 4 and not antialias else None)
+        key = factors and (int(x.shape[1]), *factors, x.dtype)
+        return key, args
+
+    def record(self, network: nn.Module, example: torch.Tensor):
+        original = self.original = torch.nn.functional.interpolate
+
+        def interpolate(*a, **kw):
+            key, args = self._deconv(*a, **kw)
+            out = original(*args)
+            if key and key not in self.kernels and key[1:3] != (1, 1):
+                weight = torch.ones(key[0], 1, key[1], key[2], dtype=key[3])
+                if torch.equal(torch.nn.functional.conv_transpose2d(
+                        args[0], weight, stride=key[1:3], groups=key[0]), out):
+                    self.kernels[key] = weight
+            return out
+        torch.nn.functional.interpolate = interpolate
+        try:
+            with torch.no_grad():
+                network(example)
+        finally:
+            torch.nn.functional.interpolate = original
+        return self
+
+    def __enter__(self):
+        original = self.original = torch.nn.functional.interpolate
+
+        def interpolate(*a, **kw):
+            key, args = self._deconv(*a, **kw)
+            weight = self.kernels.get(key) if key else None
+            if weight is None:
+                return original(*args)
+            return torch.nn.functional.conv_transpose2d(args[0], weight, stride=key[1:3],
+                                                        groups=key[0])
+        torch.nn.functional.interpolate = interpolate
+        return self
+
+    def __exit__(self, *exc):
+        torch.nn.functional.interpolate = self.original
+
+
 def export_program(network: nn.Module, example: torch.Tensor,
                    max_batch: Optional[int] = DEFAULT_MAX_BATCH):
     """``torch.export`` of ``network`` at ``example``'s image size, the batch
-    dimension dynamic up to ``max_batch`` (None: static, as ``example``).
+    dimension dynamic up to ``max_batch`` (None: static, as ``example``);
+    nearest upsamplings by whole factors as transposed convolutions
+    (:class:`NearestAsTransposedConv`, exact), which XNNPACK runs.
 
     PT2E int8 needs the dynamic batch at this point already (a static one
     fails later with ``Guard failed: x.size()[0] == 8``).
@@ -187,7 +277,7 @@ def export_program(network: nn.Module, example: torch.Tensor,
         if example.shape[0] < 2:  # torch.export specialises a size-1 dimension
             example = example.expand(2, *example.shape[1:]).contiguous()
         dynamic = ({0: torch.export.Dim('batch', min=1, max=max_batch)},)
-    with torch.no_grad():
+    with torch.no_grad(), NearestAsTransposedConv().record(network, example):
         return torch.export.export(network, (example,), dynamic_shapes=dynamic)
 
 
@@ -204,19 +294,71 @@ def calibration_batches(cfg, model, shape: Sequence[int], num_images: int = 32,
     return [torch.from_numpy(batch['images']) for batch in reader]
 
 
+def float_modules(network: MobileNetwork) -> List[str]:
+    """The modules of ``network`` that int8 leaves in fp32 by default (names as in
+    ``network.model``): for a classifier, the last stage of its CAS-ViT;
+    nothing for the other kinds.
+
+    Why (measured on the toy-trained demos, int8 simulated by the converted
+    PT2E graph): with everything int8 the classifier loses 3 of 64 val images
+    (top-1 0.906 -> 0.859); leaving the last stage in fp32 recovers them in
+    simulation (the stem, the head, the attention gates in fp32 do not), and
+    the lowered file loses 1 image. Semantic FPN loses nothing all-int8.
+    RetinaNet's int8 ``.pte`` fails to load in XNNPACK (``Failed to create
+    convolution node``) with or without fp32 modules, so nothing is chosen
+    for detectors (simulated: all-int8 loses 0.008 mAP).
+    """
+    from casvit_mm import CASViT
+    if network.kind != 'classifier':
+        return []
+    return [f'{name}.stages.{len(module.stages) - 1}'.lstrip('.')
+            for name, module in network.model.named_modules() if isinstance(module, CASViT)]
+
+
+def _outside(module_names: Sequence[str]):
+    """A quantizer filter: True for graph nodes not inside ``module_names``
+    (names in ``MobileNetwork.model``, as ``torch.export`` records them)."""
+    prefixes = tuple(f'model.{name}' for name in module_names)
+
+    def keep(node) -> bool:
+        for path, _ in node.meta.get('nn_module_stack', {}).values():
+            path = path.replace("L['self'].", '')
+            if any(path == p or path.startswith(p + '.') for p in prefixes):
+                return False
+        return True
+    return keep
+
+
 def quantize_pt2e(network: nn.Module, example: torch.Tensor,
                   calibration: Iterable[torch.Tensor],
-                  max_batch: Optional[int] = DEFAULT_MAX_BATCH) -> nn.Module:
+                  max_batch: Optional[int] = DEFAULT_MAX_BATCH,
+                  keep_float: Optional[Sequence[str]] = None) -> nn.Module:
     """PT2E static int8 for XNNPACK: ``XNNPACKQuantizer`` with the symmetric
-    per-channel configuration, torchao's ``prepare_pt2e``, one pass over the
-    ``calibration`` batches, ``convert_pt2e``. Returns the quantized graph
-    module (still float in, float out; GELU and sigmoid stay float between
-    dequantize / quantize nodes, as the quantizer annotates them)."""
+    per-channel configuration (histogram observers for activations), torchao's
+    ``prepare_pt2e``, one pass over the ``calibration`` batches,
+    ``convert_pt2e``. Returns the quantized graph module (still float in,
+    float out; GELU and sigmoid stay float between dequantize / quantize
+    nodes, as the quantizer annotates them).
+
+    ``keep_float``: modules of ``network.model`` (names, e.g.
+    ``'backbone.stages.3'``) the quantizer leaves alone, so that XNNPACK runs
+    them in fp32. None: :func:`float_modules` (the accurate default); ``()``:
+    everything int8.
+    """
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer, get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     quantizer = XNNPACKQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True))
+    if keep_float is None:
+        keep_float = float_modules(network) if isinstance(network, MobileNetwork) else ()
+    if keep_float:
+        known = {name for name, _ in network.model.named_modules()}
+        unknown = [name for name in keep_float if name not in known]
+        if unknown:
+            raise MobileExportError(f'no module {unknown} to keep in fp32; the network has '
+                                    f'e.g. {sorted(known)[1:6]}')
+        quantizer.set_filter_function(_outside(keep_float))
     graph = export_program(network, example, max_batch).module()
     prepared = prepare_pt2e(graph, quantizer)
     seen = 0
@@ -245,18 +387,20 @@ def delegation(edge_program) -> Dict:
 
 def to_executorch(network: nn.Module, example: torch.Tensor, path: str,
                   quantize: bool = False, calibration: Optional[Iterable] = None,
-                  max_batch: Optional[int] = DEFAULT_MAX_BATCH) -> Dict:
+                  max_batch: Optional[int] = DEFAULT_MAX_BATCH,
+                  keep_float: Optional[Sequence[str]] = None) -> Dict:
     """Lower ``network`` to XNNPACK and write the ``.pte`` to ``path``.
 
     ``quantize``: PT2E int8 first (:func:`quantize_pt2e`, calibrated on
-    ``calibration``). Returns :func:`delegation`'s summary plus the path.
+    ``calibration``, ``keep_float`` left in fp32). Returns
+    :func:`delegation`'s summary plus the path.
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
     if quantize:
         if calibration is None:
             raise MobileExportError('int8 needs calibration batches (calibration_batches)')
-        network = quantize_pt2e(network, example, calibration, max_batch)
+        network = quantize_pt2e(network, example, calibration, max_batch, keep_float)
     program = export_program(network, example, max_batch)
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     summary = delegation(edge)
@@ -398,7 +542,8 @@ def evaluate_mobile(runners: Sequence, cfg, model: nn.Module, kind: str,
 # ------------------------------------------------------------------ entry point
 def export_mobile(model: nn.Module, fmt: str, path: str, shape: Sequence[int],
                   kind: Optional[str] = None, calibration: Optional[Iterable] = None,
-                  max_batch: int = DEFAULT_MAX_BATCH) -> Dict:
+                  max_batch: int = DEFAULT_MAX_BATCH,
+                  keep_float: Optional[Sequence[str]] = None) -> Dict:
     """Export ``model`` (a trained CAS-ViT classifier, single-stage detector,
     segmentor or backbone, training layout) to one mobile format.
 
@@ -412,6 +557,7 @@ def export_mobile(model: nn.Module, fmt: str, path: str, shape: Sequence[int],
         kind: :func:`mobile_kind` of the model (default: detected).
         calibration: batches of preprocessed images (:func:`calibration_batches`).
         max_batch: the largest batch the ``.pte`` takes.
+        keep_float: int8: modules left in fp32 (default :func:`float_modules`).
 
     Returns:
         dict: ``path``, ``kind`` and, for ExecuTorch, the delegation summary
@@ -426,5 +572,5 @@ def export_mobile(model: nn.Module, fmt: str, path: str, shape: Sequence[int],
         _, ops = to_coreml(network, example, path)
         return dict(path=path, kind=kind, coreml_ops=dict(ops))
     info = to_executorch(network, example, path, quantize=fmt == 'executorch-int8',
-                         calibration=calibration, max_batch=max_batch)
+                         calibration=calibration, max_batch=max_batch, keep_float=keep_float)
     return dict(info, kind=kind)

@@ -53,7 +53,10 @@ Variants (--variants), each from the same random weights:
                      Python runtime; the ResNets lowered the same way in the same run
   executorch-int8    the same, PT2E int8 (XNNPACKQuantizer, symmetric, per-channel),
                      calibrated on --int8-calib random batches (timing only); backbone
-                     rows only
+                     rows only. CAS-ViT's last stage stays fp32, as export_mobile.py
+                     leaves a classifier's for accuracy (casvit_mm.deploy.mobile.float_modules)
+  executorch-int8-all  the same with every layer int8 (export_mobile.py --int8-float):
+                     the speed cost of the fp32 last stage is the difference
   int8-nncf          the fp32 ONNX file quantized by NNCF for OpenVINO
                      (casvit_mm.deploy.nncf_int8, what quantize.py --backend openvino
                      writes), calibrated on --int8-calib random inputs, run with the
@@ -113,13 +116,15 @@ from casvit_mm.deploy.onnx_export import onnxruntime_session, run_onnxruntime
 
 VARIANTS = ['eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy', 'nchw', 'compile',
             'freezing', 'bf16', 'onnx', 'openvino', 'openvino-bf16', 'int8', 'int8-openvino',
-            'int8-nncf', 'mmdeploy', 'onnx-exact', 'executorch', 'executorch-int8']
+            'int8-nncf', 'mmdeploy', 'onnx-exact', 'executorch', 'executorch-int8',
+            'executorch-int8-all']
 PRECISION = ['eval', 'switch_to_deploy', 'bf16', 'onnx', 'openvino', 'openvino-bf16', 'int8',
              'int8-openvino', 'int8-nncf']
 # Variants that run an exported file, and the ones that need OpenVINO.
 FILE_VARIANTS = ('onnx', 'openvino', 'openvino-bf16', 'int8', 'int8-openvino', 'int8-nncf')
 OPENVINO_VARIANTS = ('openvino', 'openvino-bf16', 'int8-openvino', 'int8-nncf')
-EXECUTORCH = ('executorch', 'executorch-int8')  # mobile runtimes: backbone rows only
+# mobile runtimes: backbone rows only
+EXECUTORCH = ('executorch', 'executorch-int8', 'executorch-int8-all')
 
 MODEL_CONFIGS = {
     'retinanet': 'configs/detection/retinanet_casvit_{arch}.py',
@@ -380,11 +385,15 @@ def executorch_runner(network, example, path, threads, int8_calib=2):
     def make(variant):
         from casvit_mm.deploy.mobile import ExecuTorchModel, to_executorch
         from casvit_mm.deploy.ort_quantization import random_calibration
-        int8 = variant == 'executorch-int8'
+        int8 = variant.startswith('executorch-int8')
+        # CAS-ViT's last stage in fp32, as export_mobile.py leaves a classifier's
+        keep_float = [f'stages.{len(m.stages) - 1}' for m in [network.model]
+                      if isinstance(m, CASViT)]
         calibration = ([torch.from_numpy(b['images'])
                         for b in random_calibration(example, int8_calib)] if int8 else None)
         info = to_executorch(network, example, f'{path}_{variant}.pte', quantize=int8,
-                             calibration=calibration, max_batch=max(2, example.shape[0]))
+                             calibration=calibration, max_batch=max(2, example.shape[0]),
+                             keep_float=keep_float if variant == 'executorch-int8' else ())
         if info['non_delegated']:
             print(f'note: {variant} leaves ops to ExecuTorch\'s portable kernels: '
                   f'{info["non_delegated_ops"]}')
@@ -594,7 +603,8 @@ def main():
                                 onnx_path(name), args.threads, kind='backbone',
                                 int8_calib=args.int8_calib),
                     allow_emulated_bf16=emulated)
-                for variant in set(EXECUTORCH) & set(args.variants):  # lowered the same way
+                # lowered the same way (a ResNet has no fp32 stage: no int8-all row)
+                for variant in set(EXECUTORCH[:2]) & set(args.variants):
                     make = mobile_runner(model, example, onnx_path(name))
                     variants.append(Variant(name, variant, make(variant), shape[0],
                                             baseline=(name, 'eval')))

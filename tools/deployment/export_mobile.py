@@ -8,7 +8,8 @@ From a config and a checkpoint (training layout):
      dynamic up to --max-batch, H x W fixed (--shape);
   2. write OUT_DIR/NAME_fp32.pte (XNNPACK), OUT_DIR/NAME_int8.pte (PT2E
      int8: XNNPACKQuantizer, symmetric, per-channel weights, calibrated on
-     --calib-images images of the config's own data) and
+     --calib-images images of the config's own data; a classifier's last
+     CAS-ViT stage left in fp32 unless --int8-float says otherwise) and
      OUT_DIR/NAME.mlpackage (Core ML ML program, fp16), as --formats says;
   3. for each .pte: how many ops XNNPACK runs (ExecuTorch's delegation info;
      the tool fails unless all of them, but for the FPN's upsampling of
@@ -43,7 +44,7 @@ import torch
 from casvit_mm.cli import codebase, relative_error
 from casvit_mm.deploy.mobile import (DEFAULT_MAX_BATCH, FORMATS, PORTABLE_OK, ExecuTorchModel,
                                      MobileExportError, MobileNetwork, calibration_batches,
-                                     evaluate_mobile, mobile_kind, mobile_network,
+                                     evaluate_mobile, float_modules, mobile_kind, mobile_network,
                                      to_coreml, to_executorch)
 from casvit_mm.deploy.ort_quantization import batch_images, calibration_loader, input_shape
 from casvit_mm.deploy.tool_args import add_calibration_args, check_calibration_args, load_model
@@ -74,6 +75,10 @@ def parse_args():
     parser.add_argument('--max-drop', type=float, default=0.01,
                         help='with --eval, exit 1 if int8 loses more than this on a headline '
                         'metric against PyTorch (default 0.01, on the 0-1 scale)')
+    parser.add_argument('--int8-float', nargs='*', metavar='MODULE',
+                        help='int8: modules left in fp32, by name in the model (e.g. '
+                        'backbone.stages.3). Default: a classifier\'s last CAS-ViT stage, '
+                        'the most sensitive one; the flag with no name quantizes everything')
     args = parser.parse_args()
     check_calibration_args(parser, args, ('calib_images', 'calib_batch', 'repeats',
                                           'max_batch'))
@@ -125,8 +130,13 @@ def main():
         calibration = (calibration_batches(cfg, model, shape, args.calib_images,
                                            args.calib_batch, args.calib_split)
                        if int8 else None)
+        keep_float = (float_modules(network) if args.int8_float is None
+                      else args.int8_float) if int8 else None
+        if int8:
+            print(f'int8: in fp32 {", ".join(keep_float) or "nothing"}', flush=True)
         info = to_executorch(network, sample[:1], path, quantize=int8,
-                             calibration=calibration, max_batch=args.max_batch)
+                             calibration=calibration, max_batch=args.max_batch,
+                             keep_float=keep_float)
         runner = ExecuTorchModel(path, args.threads)
         err = relative_error(reference, runner(sample))
         ms = median_latency(runner, sample, args.repeats) * 1e3
