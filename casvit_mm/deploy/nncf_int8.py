@@ -31,7 +31,8 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from .ort_quantization import KIND_KEY, NETWORK_SCOPES, QuantizationError, read_kind
+from .ort_quantization import (KIND_KEY, NETWORK_SCOPES, QuantizationError, quantized_scopes,
+                               read_kind)
 
 __all__ = ['quantize_openvino', 'read_ir_kind', 'fake_quantize_count', 'compile_openvino',
            'run_compiled', 'float_layers', 'effective_precision', 'evaluate_openvino',
@@ -60,21 +61,13 @@ def calibration_images(calibration):
     return images
 
 
-# Parts of the network NNCF keeps float, per kind (top-level scopes of the exported
-# graph). Mask R-CNN's RoI heads (box and mask heads): quantized, they took the toy
-# Mask R-CNN from bbox / segm mAP 0.466 / 0.572 to 0.001 / 0.002 (RetinaNet's dense
-# head loses 0.004); float, 0.494 / 0.593 (docs/quantization.md).
-FLOAT_SCOPES = {'instance-seg': ('roi_head',)}
-
-
 def _outside_network(model, kind):
     """Friendly names of the OpenVINO ops that are not the network's (the
     ONNX importer keeps the exporter's node names, ``/backbone/...``), or in
-    the parts of it that :data:`FLOAT_SCOPES` keeps float."""
-    scopes = NETWORK_SCOPES[kind]
+    the parts of it that ``FLOAT_SCOPES`` keeps float."""
+    scopes = quantized_scopes(kind)
     if scopes is None:
         return []
-    scopes = [s for s in scopes if s not in FLOAT_SCOPES.get(kind, ())]
     names = []
     for op in model.get_ordered_ops():
         name = op.get_friendly_name()
@@ -260,6 +253,10 @@ def evaluate_openvino(paths, cfg, threads=None):
     if len(kinds) != 1 or 'backbone' in kinds:
         raise QuantizationError(f'evaluation needs whole-model files of one kind, got '
                                 f'{sorted(kinds)}')
+    if kinds == {'instance-seg'}:  # OpenVINO's RoI feature extractor takes one image
+        import copy
+        cfg = copy.deepcopy(cfg)
+        cfg.get('test_dataloader', cfg.get('val_dataloader')).batch_size = 1
     return evaluate_models([backend_model(exported_file(cfg, p, 'openvino'), threads=threads)
                             for p in paths], cfg)
 

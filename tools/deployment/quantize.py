@@ -240,6 +240,8 @@ def openvino_backend(args, cfg, kind, shape, sample, fp32, name, calibration, st
     print(f'{total - len(floats)} of the network\'s {total} convolutions / matrix products '
           f'in int8' + (f'; float (fp32 speed): {", ".join(floats)}' if floats else ''))
     run = run_compiled
+    if kind == 'instance-seg':  # OpenVINO's RoI feature extractor takes one image
+        sample = sample[:1]
     static = sample.shape  # compiled at the batch's shape (see openvino_model)
     t32, out32 = timed(compile_openvino(fp32, args.threads, input_shape=static), sample,
                        args.repeats, run)
