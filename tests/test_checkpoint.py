@@ -349,3 +349,38 @@ def test_layout_key_diff_and_renames():
     assert renames['network.1.proj'] == 'downsamples.0.0'
     assert renames['norm6'] == 'norm3'
     assert layouts.module_renames(renames, renames) == []
+
+
+# ------------------------------------------- the one function the model calls
+def test_the_load_hooks_conversion_is_pure_and_idempotent():
+    """convert_for_backbone changes nothing it is given, and its result, applied,
+    needs nothing more (what the backbone's load hook relies on)."""
+    from casvit_mm.checkpoint.backbone import convert_for_backbone
+    official = {f'backbone.{k}': v for k, v in official_state_dict('xs', seed=10).items()}
+    official['neck.conv.weight'] = torch.zeros(1)
+    given = dict(official)
+    model = CASViT(arch='xs')
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tensors, message = convert_for_backbone(model, official, 'backbone.')
+    assert official.keys() == given.keys() and all(official[k] is given[k] for k in given)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert set(tensors) == {f'backbone.{k}' for k in model.state_dict()}
+    assert '(official layout)' in message
+    applied = {k: v for k, v in official.items() if not k.startswith('backbone.')}
+    applied.update(tensors)
+    assert convert_for_backbone(model, applied, 'backbone.') is None
+    assert convert_for_backbone(model, applied, 'other.') is None
+    with pytest.raises(CheckpointError, match=r"does not fit CASViT\(arch='s'\)"):
+        convert_for_backbone(CASViT(arch='s'), official, 'backbone.')
+
+
+def test_a_classifier_read_with_a_prefix_keeps_norm3_at_init(tmp_path):
+    """mmengine's PretrainedInit with prefix='backbone.' drops the heads; the file is
+    still known to be a classifier, whose norm3 is no output norm of a dense backbone."""
+    official = official_state_dict('xs', classifier=True, seed=11)
+    path = tmp_path / 'casvit-xs_in1k.pth'
+    torch.save(dict(state_dict=to_mmpretrain(official)), path)
+    model = build('xs', path, prefix='backbone.', out_indices=(3, ))
+    torch.testing.assert_close(model.norm3.weight, torch.ones(220))
+    torch.testing.assert_close(model.stages[3][1].mlp.fc2.weight,
+                               official['network.6.1.mlp.fc2.weight'])

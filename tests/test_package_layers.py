@@ -129,10 +129,29 @@ def test_lower_layers_import_nothing_from_upper_ones(lower, upper):
     assert not offending, offending
 
 
-def test_the_model_calls_one_checkpoint_module():
-    """models/ knows of checkpoints only the backbone adapter's load hook and
-    init_cfg loader (casvit_mm.checkpoint.backbone)."""
-    graph = import_graph()
-    used = {d for m, deps in graph.items() if m.startswith('casvit_mm.models')
-            for d in deps if d.startswith('casvit_mm.checkpoint')}
-    assert used == {'casvit_mm.checkpoint', 'casvit_mm.checkpoint.backbone'}, used
+def _names_imported_from(package, importers):
+    """``{(importing module, imported module, name)}`` of every ``from ... import name``
+    in the modules under ``importers`` that loads a module under ``package``."""
+    found = set()
+    for module, path in MODULES.items():
+        if not (module == importers or module.startswith(importers + '.')):
+            continue
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, ast.Import):
+                found |= {(module, alias.name, '*') for alias in node.names
+                          if alias.name.startswith(package)}
+            elif isinstance(node, ast.ImportFrom):
+                for target in _resolve(module, path, node):
+                    if target == package or target.startswith(package + '.'):
+                        found |= {(module, target, alias.name) for alias in node.names}
+    return found
+
+
+def test_the_model_calls_one_pure_checkpoint_function():
+    """models/ knows of checkpoints one pure conversion function, which its load hook
+    calls; reading files is mmengine's (init_cfg) or the caller's."""
+    used = _names_imported_from('casvit_mm.checkpoint', 'casvit_mm.models')
+    names = {name for _, _, name in used}
+    assert names == {'convert_for_backbone'}, used
+    assert {target for _, target, _ in used} <= {'casvit_mm.checkpoint',
+                                                 'casvit_mm.checkpoint.backbone'}, used

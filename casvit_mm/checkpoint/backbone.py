@@ -1,13 +1,16 @@
 """Fit any CAS-ViT state dict to a ``CASViT``, on every path that loads one.
 
-``CASViT`` registers :func:`convert_on_load` as a load-state-dict pre-hook (as
-mmpretrain's ViT adapts position embeddings), so the same conversion and the
-same checks run whether weights come through ``init_cfg``, mmengine's
-``load_checkpoint``, ``Runner.load_from`` / ``--resume``, MM's own
+``CASViT`` registers a load-state-dict pre-hook (as mmpretrain's ViT adapts
+position embeddings) that calls :func:`convert_for_backbone`, the one function
+of this package the model knows, so the same conversion and the same checks run
+whether weights come through ``init_cfg`` (mmengine's ``PretrainedInit``),
+mmengine's ``load_checkpoint``, ``Runner.load_from`` / ``--resume``, MM's own
 ``tools/test.py`` or a plain ``model.load_state_dict``: official keys are
 renamed, and anything that still does not fit the backbone raises
 :class:`CheckpointError` naming the file, the backbone and the first offending
 keys, instead of mmengine's warning followed by a randomly initialised model.
+:func:`load_backbone_checkpoint` reads a file into a bare backbone outside
+mmengine (scripts, tests).
 
 What is allowed to differ, because the official code loads it that way too:
 an ImageNet classifier has no dense output norms (they stay at init) and its
@@ -15,23 +18,19 @@ classifier (``norm``, ``head``, ``dist_head``) is unused; output norms of
 stages not in ``out_indices`` are unused. Everything is logged.
 """
 from collections import OrderedDict
-from typing import Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
+import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 
 from .layouts import (BACKBONE_PREFIX, CLASSIFIER_KEYS, MM_CLASSIFIER_NORM, OUTPUT_NORM,
                       backbone_part, classifier_norm_unused, convert_official, describe_arch,
                       extract_state_dict, format_mismatched, group_keys, has_prefix,
-                      is_classifier, is_official_layout, key_diff, output_norms, strip_prefix)
-from .safe_load import READ_FROM_KEY, SOURCE_KEY, CheckpointError, safe_load
-
-INIT_CFG_ADVICE = (
-    'The official CAS-ViT ImageNet file: download it and convert it there (docs/checkpoints.md), '
-    'or point the backbone at your copy: model.backbone.init_cfg.checkpoint=PATH (in the '
-    'config or --cfg-options; an absolute path works from anywhere), or set '
-    'model.backbone.init_cfg=None to train from scratch.')
-
+                      is_classifier, is_official_layout, key_diff, output_norms,
+                      part_under_prefix)
+from .safe_load import (FROM_CLASSIFIER_KEY, READ_FROM_KEY, SOURCE_KEY, CheckpointError,
+                        safe_load)
 
 def _describe_model(model, prefix=''):
     where = f" (module {prefix.rstrip('.')!r} of the model)" if prefix else ''
@@ -128,44 +127,70 @@ def _fits_as_is(model, local):
             and all(v.shape == own[k].shape for k, v in local.items()))
 
 
-def convert_on_load(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict,
-                    strict: bool, missing_keys: list, unexpected_keys: list,
-                    error_msgs: list) -> None:
-    """Load-state-dict pre-hook of ``CASViT``: convert and check its keys in place."""
+def convert_for_backbone(model: nn.Module,
+                         state_dict: Mapping[str, torch.Tensor],
+                         prefix: str = '',
+                         metadata: Optional[Mapping] = None
+                         ) -> Optional[Tuple['OrderedDict[str, torch.Tensor]', str]]:
+    """The keys under ``prefix`` of any CAS-ViT checkpoint, converted and checked
+    against ``model`` (a ``CASViT``): what its load-state-dict pre-hook loads.
+
+    Pure, like timm's ``checkpoint_filter_fn``: reads ``state_dict`` and the model's
+    own state dict, changes neither, and returns None for what needs nothing done
+    (no keys under ``prefix``, a fused model whose keys are its own, keys that
+    already fit), so applying its result and calling it again returns None (or,
+    for the part of a classifier's file, the same tensors).
+
+    Args:
+        model (CASViT): The backbone the keys are for.
+        state_dict (Mapping): The state dict being loaded (keys of the whole model).
+        prefix (str): Where the backbone sits in the whole model (``'backbone.'``).
+        metadata (Mapping, optional): The backbone's ``_metadata`` entry, which
+            names the file (:mod:`.safe_load` tags every state dict it reads).
+
+    Returns:
+        tuple[OrderedDict, str] | None: the backbone's keys (with ``prefix``) to
+        load instead of those under ``prefix``, and the log line saying what was
+        loaded, kept at init and left unused.
+
+    Raises:
+        CheckpointError: what is left does not fit the backbone (another size or
+            depth, not a CAS-ViT, a wrong prefix).
+    """
     keys = [k for k in state_dict if k.startswith(prefix)]
-    if not keys or module.deploy:
-        return  # nothing for the backbone here, or a folded model with its own keys
+    if not keys or model.deploy:
+        return None  # nothing for the backbone here, or a folded model with its own keys
     local = OrderedDict((k[len(prefix):], state_dict[k]) for k in keys)
-    if _fits_as_is(module, local):
-        return
-    source = (local_metadata or {}).get(SOURCE_KEY)
-    read_from, what = (local_metadata or {}).get(READ_FROM_KEY), None
+    metadata = metadata or {}
+    if _fits_as_is(model, local) and not metadata.get(FROM_CLASSIFIER_KEY):
+        return None
+    source = metadata.get(SOURCE_KEY)
+    read_from, what = metadata.get(READ_FROM_KEY), None
     if source is None and read_from is not None:
         # mmengine's PretrainedInit with a prefix: a new dict, tagged with its file
         # by mmengine_loader.load_checkpoint_with_prefix
         what = f'The state dict read from {read_from!r}'
-    from_classifier, others = False, []
+    from_classifier, others = bool(metadata.get(FROM_CLASSIFIER_KEY)), []
     if not prefix and has_prefix(local, BACKBONE_PREFIX):
         # A whole classifier or detector given to the bare backbone (a list
         # init_cfg without prefix): take its backbone, leave the rest unused.
         from_classifier = is_classifier(local)
         others = [k for k in local if not k.startswith(BACKBONE_PREFIX)]
         local = backbone_part(local)
-    fitted, message = fit_backbone_state_dict(module, local, source, prefix,
+    fitted, message = fit_backbone_state_dict(model, local, source, prefix,
                                               from_classifier=from_classifier, what=what)
     if others:
         message += f'; unused: the rest of the whole model {group_keys(others)}'
-    for k in keys:
-        del state_dict[k]
-    state_dict.update((prefix + k, v) for k, v in fitted.items())
-    print_log(message, logger='current')
+    return OrderedDict((prefix + k, v) for k, v in fitted.items()), message
 
 
 def load_backbone_checkpoint(model: nn.Module,
                              path: str,
                              prefix: Optional[str] = None,
                              logger: str = 'current') -> str:
-    """Load any supported checkpoint file into a ``CASViT`` (its ``init_cfg`` path).
+    """Load any supported checkpoint file into a bare ``CASViT``, outside mmengine.
+
+    (``init_cfg`` goes through mmengine's ``PretrainedInit`` and the load hook.)
 
     Args:
         model (CASViT): The backbone to fill.
@@ -183,16 +208,10 @@ def load_backbone_checkpoint(model: nn.Module,
     """
     if model.deploy:
         raise CheckpointError('Load checkpoints before switch_to_deploy(), not after.')
-    state_dict = extract_state_dict(safe_load(path, advice=INIT_CFG_ADVICE), repr(path))
+    state_dict = extract_state_dict(safe_load(path), repr(path))
     from_classifier = is_classifier(state_dict)
-    if prefix:
-        if not has_prefix(state_dict, prefix):
-            raise CheckpointError(
-                f'{path!r} has no keys under prefix {prefix!r} (its keys start with '
-                f'{sorted({k.split(".")[0] for k in state_dict})[:8]}); fix init_cfg.prefix.')
-        state_dict = strip_prefix(state_dict, prefix)
-    else:
-        state_dict = backbone_part(state_dict)
+    state_dict = (part_under_prefix(state_dict, prefix, path) if prefix
+                  else backbone_part(state_dict))
     fitted, message = fit_backbone_state_dict(model, state_dict, str(path),
                                               from_classifier=from_classifier)
     model.load_state_dict(fitted, strict=True)

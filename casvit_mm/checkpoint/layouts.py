@@ -72,6 +72,18 @@ def strip_prefix(state_dict: StateDict, prefix: str) -> 'OrderedDict':
                        if k.startswith(prefix))
 
 
+def part_under_prefix(state_dict: StateDict, prefix: str, path: str) -> 'OrderedDict':
+    """The keys under ``prefix`` (a dot added when missing, as mmengine does), without
+    it; a prefix no key has is a :class:`CheckpointError` listing the file's key roots."""
+    prefix = prefix if prefix.endswith('.') else prefix + '.'
+    part = strip_prefix(state_dict, prefix)
+    if not part:
+        raise CheckpointError(
+            f'{str(path)!r} has no keys under prefix {prefix!r} (its keys start with '
+            f'{sorted({k.split(".")[0] for k in state_dict})[:8]}); fix init_cfg.prefix.')
+    return part
+
+
 def has_prefix(state_dict: StateDict, prefix) -> bool:
     return any(k.startswith(prefix) for k in state_dict)
 

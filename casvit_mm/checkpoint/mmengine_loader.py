@@ -20,9 +20,12 @@ mmengine (nothing is downloaded here).
 
 ``init_cfg=dict(type='Pretrained', prefix=...)`` reads the file through
 mmengine's ``_load_checkpoint_with_prefix``, which returns a new plain dict of the
-keys under the prefix: the file's name is lost, and a backbone that does not fit
-could only say "the state dict being loaded". :func:`load_checkpoint_with_prefix`
-is that function, with the new dict tagged with its file.
+keys under the prefix: the file's name is lost (a backbone that does not fit
+could only say "the state dict being loaded"), and so is whether the file was a
+classifier; a wrong prefix is a bare ``AssertionError``.
+:func:`load_checkpoint_with_prefix` is that function, reading through
+``CheckpointLoader`` as it does, with the new dict tagged with its file and a
+wrong prefix a :class:`CheckpointError` that lists the file's keys.
 """
 import os.path as osp
 
@@ -30,12 +33,10 @@ from mmengine.logging import print_log
 from mmengine.runner import checkpoint as mmengine_checkpoint
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .layouts import is_classifier, is_official_layout, to_mmpretrain
+from .layouts import (extract_state_dict, is_classifier, is_official_layout, part_under_prefix,
+                      to_mmpretrain)
 from .locate import SCHEME, model_file, resolve_checkpoint
 from .safe_load import CheckpointError, safe_load, tag_part, tag_source
-
-_ORIGINAL = {}
-
 
 def as_mmpretrain_if_official_classifier(checkpoint, filename):
     """An official ImageNet checkpoint -> ``dict(state_dict=<mmpretrain layout>)``."""
@@ -79,10 +80,13 @@ def load_from_model_index(filename: str, map_location=None) -> dict:
 
 
 def load_checkpoint_with_prefix(prefix: str, filename: str, map_location=None) -> dict:
-    """mmengine's ``_load_checkpoint_with_prefix``, its result tagged with ``filename``."""
-    state_dict = _ORIGINAL['with_prefix'](prefix, filename, map_location=map_location)
+    """mmengine's ``_load_checkpoint_with_prefix``: the keys under ``prefix`` of the
+    file, without it, tagged with ``filename`` (and whether it is a classifier)."""
+    checkpoint = CheckpointLoader.load_checkpoint(filename, map_location=map_location)
     path = osp.expanduser(filename) if '://' not in filename else filename
-    return tag_part(state_dict, path)
+    state_dict = extract_state_dict(checkpoint, repr(path))
+    return tag_part(part_under_prefix(state_dict, prefix, path), path,
+                    from_classifier=is_classifier(state_dict))
 
 
 def register_safe_loader() -> None:
@@ -92,7 +96,6 @@ def register_safe_loader() -> None:
                                      force=True)
     CheckpointLoader.register_scheme(prefixes=SCHEME, loader=load_from_model_index, force=True)
     if mmengine_checkpoint._load_checkpoint_with_prefix is not load_checkpoint_with_prefix:
-        _ORIGINAL.setdefault('with_prefix', mmengine_checkpoint._load_checkpoint_with_prefix)
         mmengine_checkpoint._load_checkpoint_with_prefix = load_checkpoint_with_prefix
 
 

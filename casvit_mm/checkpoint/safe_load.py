@@ -29,6 +29,9 @@ SOURCE_KEY = 'casvit_mm_source'  # in state_dict._metadata entries: the file the
 # ... the file a part of it (the keys under a prefix) was read from, by mmengine's
 # PretrainedInit with a prefix (mmengine_loader.load_checkpoint_with_prefix)
 READ_FROM_KEY = 'casvit_mm_read_from'
+# ... and that this part is the backbone of a classifier, whose ``norm3`` is the
+# classifier's BN rather than an output norm (the prefix dropped the heads that said so)
+FROM_CLASSIFIER_KEY = 'casvit_mm_from_classifier'
 
 
 class CheckpointError(ValueError):
@@ -89,7 +92,11 @@ def _offending_global(text):
 
 
 GENERIC_ADVICE = ('Give the path of a downloaded official CAS-ViT .pth or of a checkpoint '
-                  'written by tools/train.py (see docs/checkpoints.md).')
+                  'written by tools/train.py (see docs/checkpoints.md). For a backbone\'s '
+                  'ImageNet weights: convert the official file there (docs/checkpoints.md), or '
+                  'point the backbone at your copy: model.backbone.init_cfg.checkpoint=PATH '
+                  '(in the config or --cfg-options; an absolute path works from anywhere), or '
+                  'set model.backbone.init_cfg=None to train from scratch.')
 
 
 def safe_load(path: Union[str, os.PathLike],
@@ -151,27 +158,30 @@ class SourceMetadata(OrderedDict):
     state dicts stay loadable.
     """
 
-    def __init__(self, entries, source, classes=None, key=SOURCE_KEY):
+    def __init__(self, entries, source, classes=None, key=SOURCE_KEY, from_classifier=False):
         super().__init__(entries)
         self.source = source
         self.classes = classes
         self.key = key
+        self.from_classifier = from_classifier
 
     def get(self, key, default=None):
-        entry = super().get(key, default)
-        return {**(entry or {}), self.key: self.source}
+        entry = {**(super().get(key, default) or {}), self.key: self.source}
+        if self.from_classifier:
+            entry[FROM_CLASSIFIER_KEY] = True
+        return entry
 
     def __reduce__(self):
         return OrderedDict, (list(self.items()), )
 
 
-def _tag(state_dict, path, classes=None, key=SOURCE_KEY):
+def _tag(state_dict, path, classes=None, key=SOURCE_KEY, from_classifier=False):
     if not any(isinstance(v, torch.Tensor) for v in state_dict.values()):
         return state_dict
     if type(state_dict) is dict:  # a plain dict takes no attributes
         state_dict = OrderedDict(state_dict)
     state_dict._metadata = SourceMetadata(getattr(state_dict, '_metadata', None) or {}, path,
-                                          classes, key)
+                                          classes, key, from_classifier)
     return state_dict
 
 
@@ -197,6 +207,7 @@ def tag_source(checkpoint: Any, path: str) -> Any:
     return _tag(checkpoint, path, classes)
 
 
-def tag_part(state_dict: dict, path: str) -> dict:
-    """Record that ``state_dict`` is a part of the file ``path`` (see :data:`READ_FROM_KEY`)."""
-    return _tag(state_dict, path, key=READ_FROM_KEY)
+def tag_part(state_dict: dict, path: str, from_classifier: bool = False) -> dict:
+    """Record that ``state_dict`` is a part of the file ``path`` (see :data:`READ_FROM_KEY`),
+    of a classifier's file when ``from_classifier`` (:data:`FROM_CLASSIFIER_KEY`)."""
+    return _tag(state_dict, path, key=READ_FROM_KEY, from_classifier=from_classifier)

@@ -13,11 +13,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..checkpoint.backbone import convert_on_load, load_backbone_checkpoint
+from ..checkpoint.backbone import convert_for_backbone
 from .fusion import (bn_affine, conv_act, conv_binary, conv_out, conv_plain, fold_bn_into_conv,
                      fold_bn_into_next_1x1, set_conv, use_fused_kernels)
 
@@ -431,9 +432,9 @@ class CASViT(BaseModule):
             Such a model cannot be trained. Defaults to False.
         init_cfg (dict | list[dict], optional): Initialisation config.
             ``dict(type='Pretrained', checkpoint=PATH, prefix=...)`` loads any
-            official or casvit-mm checkpoint layout, converting and checking it
-            (see :func:`casvit_mm.checkpoint.load_backbone_checkpoint`); any
-            other loader is converted and checked by a load-state-dict hook.
+            official or casvit-mm checkpoint layout: mmengine reads the file
+            (``weights_only``, :mod:`casvit_mm.checkpoint`), and the
+            load-state-dict hook converts and checks it, as on every loading path.
 
     Example:
         >>> import torch
@@ -506,7 +507,7 @@ class CASViT(BaseModule):
         self._register_load_state_dict_pre_hook(self._check_checkpoint_layout)
         # Every loader (init_cfg, load_checkpoint, load_from, resume) converts
         # official keys and checks the fit here (casvit_mm.checkpoint.backbone).
-        self.register_load_state_dict_pre_hook(convert_on_load)
+        self.register_load_state_dict_pre_hook(_load_any_layout)
         if deploy:
             self._finish_deploy()
 
@@ -566,24 +567,24 @@ class CASViT(BaseModule):
 
     # ----------------------------------------------------------------- build
     def init_weights(self) -> None:
-        """Truncated-normal Linear/conv init, or load a checkpoint (any layout)."""
-        init_cfg = self.init_cfg
-        if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
-            if self.deploy:  # a training-layout backbone checkpoint: load, fuse, copy
-                twin = CASViT(self.arch, self.in_channels, self.out_indices,
-                              global_pool=self.global_pool)
-                load_backbone_checkpoint(twin, init_cfg['checkpoint'],
-                                         prefix=init_cfg.get('prefix'))
-                twin.switch_to_deploy()
-                self.load_state_dict(twin.state_dict())
-                self._is_init = True
-                return
-            load_backbone_checkpoint(self, init_cfg['checkpoint'],
-                                     prefix=init_cfg.get('prefix'))
+        """Truncated-normal Linear init, or mmengine's ``Pretrained`` loading (any
+        checkpoint layout: the load hook converts and checks it).
+
+        A fused backbone (``deploy=True``) given a training-layout checkpoint
+        loads it into a training twin, fuses the twin and copies its weights.
+        """
+        init_cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
+        if self.deploy and any(isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'
+                               for cfg in init_cfgs):
+            twin = CASViT(self.arch, self.in_channels, self.out_indices,
+                          global_pool=self.global_pool, init_cfg=self.init_cfg)
+            twin.init_weights()
+            twin.switch_to_deploy()
+            self.load_state_dict(twin.state_dict())
             self._is_init = True
             return
         super().init_weights()
-        if init_cfg is None:
+        if self.init_cfg is None:
             self.apply(self._init_linear)
 
     @staticmethod
@@ -778,6 +779,20 @@ class CASViT(BaseModule):
     def extra_repr(self):
         return (f"depths={self.depths}, widths={self.widths}, "
                 f"out_indices={self.out_indices}")
+
+
+def _load_any_layout(module: CASViT, state_dict: dict, prefix: str, local_metadata: dict,
+                     *args) -> None:
+    """Load-state-dict pre-hook of ``CASViT``: the backbone's keys, in whatever layout
+    the checkpoint has, replaced by the converted and checked ones."""
+    converted = convert_for_backbone(module, state_dict, prefix, local_metadata)
+    if converted is None:
+        return
+    tensors, message = converted
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        del state_dict[key]
+    state_dict.update(tensors)
+    print_log(message, logger='current')
 
 
 def _switch_children_to_deploy(module):
