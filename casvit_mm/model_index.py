@@ -26,23 +26,14 @@ def register_model_index() -> List[str]:
     inferencers instead (docs/checkpoints.md). ``import casvit_mm`` calls this
     when ``mmpretrain.apis`` is imported (at once if it already is,
     :mod:`casvit_mm.import_hooks`): importing it here would import every
-    mmpretrain inferencer into every process. Returns the names registered.
+    mmpretrain inferencer into every process. Their ``Weights`` are
+    ``casvit_mm://<name>`` in the metafile itself (``checkpoints/<name>.pth``,
+    :mod:`casvit_mm.checkpoint.locate`). Returns the names registered.
     """
     from mmpretrain.apis import ModelHub
-    from .checkpoint.locate import SCHEME
     names = [m['Name'].lower() for m in load(CLASSIFICATION_METAFILE)['Models']]
-    if all(ModelHub.has(name) for name in names):
-        return names
-    ModelHub.register_model_index(CLASSIFICATION_METAFILE, config_prefix=MIM_DIR)
-    for name in names:
-        # `Weights: checkpoints/<name>.pth` is relative to where one runs; as
-        # casvit_mm://<name> it is also found in the checkout, and a missing file
-        # says how to pass pretrained=PATH (casvit_mm.checkpoint.locate).
-        # ModelHub has no public setter, and its get() returns a copy: the one
-        # place this package writes into mmpretrain's index.
-        model = ModelHub._models_dict[name]
-        if model.weights and '://' not in model.weights:
-            model.weights = SCHEME + model.name
+    if not all(ModelHub.has(name) for name in names):
+        ModelHub.register_model_index(CLASSIFICATION_METAFILE, config_prefix=MIM_DIR)
     return names
 
 

@@ -11,6 +11,7 @@ from mmengine.registry import DefaultScope
 
 import casvit_mm  # noqa: F401  (adds the model index)
 from casvit_mm.checkpoint import to_mmpretrain
+from casvit_mm.checkpoint.locate import SCHEME, model_file
 from casvit_mm.model_index import MIM_DIR, config_of, model_names
 from helpers import REPO
 from reference_casvit import official_forward, official_state_dict
@@ -44,7 +45,11 @@ def test_metafiles_name_every_config_once():
         got = {k: v for r in models[name]['Results'] for k, v in r['Metrics'].items()}
         assert got == metrics
     for name, model in models.items():  # one naming rule: checkpoints/<name>.pth
-        assert model['Weights'] == f'checkpoints/{name}.pth'
+        if name in CLASSIFIERS:  # as casvit_mm://<name>, which get_model reads from there
+            assert model['Weights'] == SCHEME + name
+            assert model_file(name) == f'checkpoints/{name}.pth'
+        else:
+            assert model['Weights'] == f'checkpoints/{name}.pth'
         assert re.match(r'(cas-vit-\w+|(retinanet|mask_rcnn|fpn)_rcvit_\w+)\.pth$',
                         model['Converted From']['Weights'])
 
