@@ -151,7 +151,8 @@ def check_shapes(model: nn.Module, state_dict: dict) -> None:
                                             getattr(metadata, 'classes', None)))
 
 
-def checked_load_state_dict(module, state_dict, strict=False, logger=None):
+def checked_load_state_dict(module: nn.Module, state_dict: dict, strict: bool = False,
+                            logger: Optional[str] = None) -> None:
     """mmengine's ``load_state_dict``, refusing tensors of another shape first."""
     check_shapes(module, state_dict)
     return _ORIGINAL['load_state_dict'](module, state_dict, strict=strict, logger=logger)

@@ -24,7 +24,7 @@ size table ``arch_settings`` is passed in).
 """
 import re
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -49,7 +49,7 @@ DOWNSTREAM_MODULES = ('neck.', 'bbox_head.', 'rpn_head.', 'roi_head.', 'decode_h
 
 
 # ------------------------------------------------------------------ reading
-def extract_state_dict(obj, path: str = 'checkpoint') -> 'OrderedDict[str, torch.Tensor]':
+def extract_state_dict(obj: Any, path: str = 'checkpoint') -> 'OrderedDict[str, torch.Tensor]':
     """The tensors of a checkpoint: under ``state_dict``, ``model`` or at the top level."""
     if isinstance(obj, dict):
         for key in ('state_dict', 'model'):
@@ -84,7 +84,7 @@ def part_under_prefix(state_dict: StateDict, prefix: str, path: str) -> 'Ordered
     return part
 
 
-def has_prefix(state_dict: StateDict, prefix) -> bool:
+def has_prefix(state_dict: StateDict, prefix: Union[str, Tuple[str, ...]]) -> bool:
     return any(k.startswith(prefix) for k in state_dict)
 
 
@@ -272,7 +272,7 @@ def output_norms(keys: Iterable[str]) -> set:
     return {k.split('.', 1)[0] for k in keys if OUTPUT_NORM.match(k)}
 
 
-def format_mismatched(mismatched, first: int = 3) -> str:
+def format_mismatched(mismatched: List[Tuple[str, tuple, tuple]], first: int = 3) -> str:
     """``'key: checkpoint (a,) vs model (b,); ...'`` of the first tensors of another shape."""
     return '; '.join(f'{k}: checkpoint {a} vs model {b}' for k, a, b in mismatched[:first])
 

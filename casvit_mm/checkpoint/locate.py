@@ -15,13 +15,13 @@ downloaded (mmengine's ``CheckpointLoader`` scheme, like its ``mmcls://``).
 """
 import os
 import os.path as osp
-from typing import List, Tuple, Union
+from typing import List, Mapping, Optional, Tuple, Union
 
 MIM_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), '.mim')
 SCHEME = 'casvit_mm://'
 
 
-def checkout_dir():
+def checkout_dir() -> Optional[str]:
     """The folder holding the configs this package reads (a source checkout's root),
     or None for an installed wheel, whose configs are copies inside the package."""
     configs = osp.join(MIM_DIR, 'configs')
@@ -30,7 +30,7 @@ def checkout_dir():
     return osp.dirname(osp.realpath(configs))
 
 
-def search_dirs():
+def search_dirs() -> List[str]:
     """Where relative checkpoint paths are looked for, in order."""
     dirs = [os.getcwd()]
     checkout = checkout_dir()
@@ -39,7 +39,7 @@ def search_dirs():
     return dirs
 
 
-def candidates(path):
+def candidates(path: Union[str, os.PathLike]) -> List[str]:
     """The files a relative ``path`` may be; ``[path]`` when it is absolute."""
     path = osp.expanduser(os.fspath(path))
     if osp.isabs(path):
@@ -64,7 +64,7 @@ def where_looked(path: Union[str, os.PathLike]) -> str:
     return ', '.join(candidates(path))
 
 
-def model_file(name):
+def model_file(name: str) -> str:
     """The relative file of model ``name`` of the index: ``checkpoints/<name>.pth``."""
     return osp.join('checkpoints', f'{name}.pth')
 
@@ -81,7 +81,7 @@ def _pretrained_paths(node, where):
             yield from _pretrained_paths(value, f'{where}.{i}')
 
 
-def missing_checkpoints(cfg) -> List[Tuple[str, str, str]]:
+def missing_checkpoints(cfg: Mapping) -> List[Tuple[str, str, str]]:
     """``[(config key, path, where looked)]`` of the checkpoints a training run of
     ``cfg`` would read (``init_cfg`` Pretrained, ``model.pretrained``, ``load_from``)
     that exist nowhere. URLs and ``casvit_mm://`` names are left to their loaders."""

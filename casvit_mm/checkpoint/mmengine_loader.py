@@ -28,6 +28,9 @@ classifier; a wrong prefix is a bare ``AssertionError``.
 wrong prefix a :class:`CheckpointError` that lists the file's keys.
 """
 import os.path as osp
+from typing import Any, Callable, Union
+
+import torch
 
 from mmengine.logging import print_log
 from mmengine.runner import checkpoint as mmengine_checkpoint
@@ -38,7 +41,10 @@ from .layouts import (extract_state_dict, is_classifier, is_official_layout, par
 from .locate import SCHEME, model_file, resolve_checkpoint
 from .safe_load import CheckpointError, safe_load, tag_part, tag_source
 
-def as_mmpretrain_if_official_classifier(checkpoint, filename):
+# what mmengine's loaders take: a device, its name, a function or None
+MapLocation = Union[str, torch.device, Callable, None]
+
+def as_mmpretrain_if_official_classifier(checkpoint: Any, filename: str) -> Any:
     """An official ImageNet checkpoint -> ``dict(state_dict=<mmpretrain layout>)``."""
     if not isinstance(checkpoint, dict) or 'state_dict' in checkpoint:
         return checkpoint
@@ -51,7 +57,7 @@ def as_mmpretrain_if_official_classifier(checkpoint, filename):
     return dict(state_dict=to_mmpretrain(weights), meta=dict(converted_from=filename))
 
 
-def load_from_local_weights_only(filename: str, map_location=None) -> dict:
+def load_from_local_weights_only(filename: str, map_location: MapLocation = None) -> dict:
     """mmengine's local loader, with ``weights_only=True`` and an allowlist.
 
     (mmengine logs ``Loads checkpoint by local_weights_only backend``: the name
@@ -62,7 +68,7 @@ def load_from_local_weights_only(filename: str, map_location=None) -> dict:
     return tag_source(as_mmpretrain_if_official_classifier(checkpoint, filename), filename)
 
 
-def load_from_model_index(filename: str, map_location=None) -> dict:
+def load_from_model_index(filename: str, map_location: MapLocation = None) -> dict:
     """``casvit_mm://NAME``: the weights of model NAME (``get_model(NAME, pretrained=True)``),
     ``checkpoints/NAME.pth`` where you run or in the casvit-mm checkout. No download.
 
@@ -79,7 +85,8 @@ def load_from_model_index(filename: str, map_location=None) -> dict:
     return tag_source(as_mmpretrain_if_official_classifier(checkpoint, path), path)
 
 
-def load_checkpoint_with_prefix(prefix: str, filename: str, map_location=None) -> dict:
+def load_checkpoint_with_prefix(prefix: str, filename: str,
+                               map_location: MapLocation = None) -> dict:
     """mmengine's ``_load_checkpoint_with_prefix``: the keys under ``prefix`` of the
     file, without it, tagged with ``filename`` (and whether it is a classifier)."""
     checkpoint = CheckpointLoader.load_checkpoint(filename, map_location=map_location)

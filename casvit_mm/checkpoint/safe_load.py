@@ -18,7 +18,7 @@ import os.path as osp
 import pickle
 import re
 from collections import OrderedDict
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -165,7 +165,7 @@ class SourceMetadata(OrderedDict):
         self.key = key
         self.from_classifier = from_classifier
 
-    def get(self, key, default=None):
+    def get(self, key: str, default: Optional[dict] = None) -> dict:
         entry = {**(super().get(key, default) or {}), self.key: self.source}
         if self.from_classifier:
             entry[FROM_CLASSIFIER_KEY] = True
@@ -185,7 +185,7 @@ def _tag(state_dict, path, classes=None, key=SOURCE_KEY, from_classifier=False):
     return state_dict
 
 
-def trained_classes(checkpoint):
+def trained_classes(checkpoint: Any) -> Optional[tuple]:
     """The class names a checkpoint was trained with, or None (mmengine runs save
     ``meta.dataset_meta.classes``; mmdet 2 / mmseg 0 files ``meta.CLASSES``)."""
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None

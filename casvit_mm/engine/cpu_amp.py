@@ -15,8 +15,10 @@ option exists so a GPU config with ``--amp`` also runs (and can be debugged)
 on a CPU.
 """
 from contextlib import contextmanager
+from typing import Iterator, Union
 
 import torch
+import torch.nn as nn
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 
@@ -32,7 +34,7 @@ class CPUAmpOptimWrapper(OptimWrapper):
             ``accumulative_counts``, ``clip_grad``).
     """
 
-    def __init__(self, dtype='bfloat16', **kwargs):
+    def __init__(self, dtype: Union[str, torch.dtype] = 'bfloat16', **kwargs):
         super().__init__(**kwargs)
         if isinstance(dtype, str):
             if not isinstance(getattr(torch, dtype, None), torch.dtype):
@@ -42,6 +44,6 @@ class CPUAmpOptimWrapper(OptimWrapper):
         self.cast_dtype = dtype
 
     @contextmanager
-    def optim_context(self, model):
+    def optim_context(self, model: nn.Module) -> Iterator[None]:
         with super().optim_context(model), torch.autocast('cpu', dtype=self.cast_dtype):
             yield

@@ -55,7 +55,7 @@ import os
 import os.path as osp
 import signal
 import threading
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from mmengine.dist import all_reduce, barrier, get_world_size, is_main_process
@@ -117,7 +117,10 @@ class PreemptionHook(Hook):
     """
     priority = 'LOWEST'
 
-    def __init__(self, signals=('SIGTERM', 'SIGUSR1'), interval=1, ctrl_c=True):
+    def __init__(self,
+                 signals: Sequence[str] = ('SIGTERM', 'SIGUSR1'),
+                 interval: int = 1,
+                 ctrl_c: bool = True):
         unknown = [s for s in signals if not isinstance(getattr(signal, s, None), signal.Signals)]
         if unknown:
             raise ValueError(f'PreemptionHook: unknown signal(s) {unknown}; use names such '

@@ -776,7 +776,7 @@ class CASViT(BaseModule):
                 'built for training: load it into a deploy config (configs/*/deploy/, '
                 'backbone=dict(deploy=True)).')
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"depths={self.depths}, widths={self.widths}, "
                 f"out_indices={self.out_indices}")
 
