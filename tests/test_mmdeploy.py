@@ -556,7 +556,7 @@ def test_int8_quantization_of_the_mmdeploy_file(retinanet_dynamic, trained_retin
     """casvit_mm.deploy.ort_quantization quantizes the network of the file mmdeploy
     wrote (the kind it recorded), calibrated on toy images as the data
     preprocessor gives them; the int8 file keeps dynamic H/W and its detections."""
-    from casvit_mm.deploy.dispatch import onnxruntime_session
+    from casvit_mm.deploy.onnx_export import onnxruntime_session
     from casvit_mm.deploy.ort_quantization import quantize_onnx, quantized_ops, read_kind
     model = build_model(RETINA_TOY, trained_retinanet)
     batches = []
@@ -567,8 +567,8 @@ def test_int8_quantization_of_the_mmdeploy_file(retinanet_dynamic, trained_retin
     int8 = quantize_onnx(retinanet_dynamic.onnx, str(tmp_path / 'int8.onnx'), batches)
     ops = quantized_ops(int8)
     assert ops['QuantizeLinear'] > 100
-    fp32 = onnxruntime_session(retinanet_dynamic.onnx, 1)
-    session = onnxruntime_session(int8, 1)
+    fp32 = onnxruntime_session(retinanet_dynamic.onnx, 1, mmdeploy_ops=True)
+    session = onnxruntime_session(int8, 1, mmdeploy_ops=True)
     for batch in batches:
         dets, labels = session.run(None, {'input': batch['images']})
         ref_dets, ref_labels = fp32.run(None, {'input': batch['images']})

@@ -20,7 +20,7 @@ from casvit_mm.deploy.dispatch import exact_graph, export_backbone
 from casvit_mm.deploy.ort_quantization import read_kind
 from casvit_mm.deploy.onnx_export import (DetectorEnd2End, MaskRCNNEnd2End, _RoIAlign,
                                           export_onnx, matched_pairs, onnxruntime_session,
-                                          openvino_model, run_onnxruntime, run_openvino)
+                                          compile_openvino, run_onnxruntime, run_openvino)
 from casvit_mm.toy_data.coco import make_toy_coco
 from helpers import REPO
 
@@ -63,7 +63,7 @@ def test_deployed_backbone_round_trip(tmp_path):
         import openvino  # noqa: F401
     except ImportError:
         return
-    assert relative_error(reference, run_openvino(openvino_model(path, threads=1), x)) < TOL
+    assert relative_error(reference, run_openvino(compile_openvino(path, threads=1), x)) < TOL
 
 
 def test_export_onnx_on_a_module_whose_train_returns_none(tmp_path):

@@ -111,9 +111,9 @@ def test_toy_classifier_end_to_end(toy_classifier, tmp_path):
     assert 0 < error < SCORE_TOL, error
     assert mean_error < MEAN_SCORE_TOL and agree >= 0.9
     try:  # OpenVINO runs the same int8 file (benchmark's int8-openvino, --openvino)
-        from casvit_mm.deploy.onnx_export import openvino_model, run_openvino
-        # at the batch's shape: OpenVINO runs dynamic int8 files wrongly (openvino_model)
-        scores_ov = run_openvino(openvino_model(int8, threads=1, input_shape=images.shape),
+        from casvit_mm.deploy.onnx_export import compile_openvino, run_openvino
+        # at the batch's shape: OpenVINO runs dynamic int8 files wrongly (compile_openvino)
+        scores_ov = run_openvino(compile_openvino(int8, threads=1, input_shape=images.shape),
                                  images)[0]
     except ImportError:
         return
@@ -277,7 +277,7 @@ def test_toy_classifier_nncf_openvino(toy_classifier, tmp_path):
     model = build_model(cfg, checkpoint)
     data = next(iter(calibration_loader(cfg, 'val', 16)))
     images = batch_images(data, model)
-    # at the batch's shape: OpenVINO runs dynamic int8 files wrongly (openvino_model)
+    # at the batch's shape: OpenVINO runs dynamic int8 files wrongly (compile_openvino)
     compiled32 = compile_openvino(fp32, threads=1, input_shape=images.shape)
     assert effective_precision(compiled32) == 'f32'
     scores32 = run_compiled(compiled32, images)[0]

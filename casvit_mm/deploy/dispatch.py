@@ -36,7 +36,7 @@ import numpy as np
 
 __all__ = ['BACKENDS', 'KIND_KEY', 'SHAPES', 'Exported', 'backend_model', 'deploy_config',
            'deploy_config_dir', 'exact_graph', 'export', 'export_backbone', 'exported_file',
-           'onnxruntime_session', 'pipeline_data', 'record_kind', 'task_of']
+           'pipeline_data', 'record_kind', 'task_of']
 
 BACKENDS = ('onnxruntime', 'openvino')
 SHAPES = ('static', 'dynamic')
@@ -261,11 +261,14 @@ def backend_model(exported: Exported, device: str = 'cpu', clip_boxes: bool = Tr
     ``threads``: the runtime's threads (mmdeploy's own sessions take every core).
     """
     from mmdeploy.apis import build_task_processor
+
+    from .onnx_export import onnxruntime_session
     processor = build_task_processor(exported.model_cfg, exported.deploy_cfg, device)
     model = processor.build_backend_model(
         exported.files, data_preprocessor_updater=processor.update_data_preprocessor)
     if threads is not None and exported.backend == 'onnxruntime':
-        model.wrapper.sess = onnxruntime_session(exported.files[0], threads, spinning=False)
+        model.wrapper.sess = onnxruntime_session(exported.files[0], threads, spinning=False,
+                                                 mmdeploy_ops=True)
         model.wrapper.io_binding = model.wrapper.sess.io_binding()
     elif threads is not None:  # casvit_mm's OpenVINO wrapper (mmdeploy_compat)
         model.wrapper = type(model.wrapper)(exported.files[0], model.wrapper.output_names,
@@ -286,30 +289,4 @@ def pipeline_data(exported: Exported, images, input_shape=None):
     if input_shape is None and exported.shape == 'static' and exported.input_hw:
         input_shape = exported.input_hw[::-1]
     return processor.create_input(images, input_shape)[0]
-
-
-def onnxruntime_session(path: str, threads: Optional[int] = None, spinning: bool = True):
-    """An onnxruntime CPU session for a file mmdeploy wrote, with mmdeploy's
-    custom-ops library (``libmmdeploy_onnxruntime_ops.so``, shipped in its wheel)
-    registered where it exists; ``threads``: intra-op threads (None: onnxruntime's
-    default); ``spinning=False`` stops idle threads from busy-waiting after a run
-    (they would steal the CPU from whatever runs next in the process)."""
-    import ctypes
-
-    import onnxruntime as ort
-    from mmdeploy.backend.onnxruntime.init_plugins import get_lib_path, get_ops_path
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    ops = get_ops_path()
-    if ops and osp.exists(ops):
-        lib = get_lib_path()
-        if lib and osp.exists(lib):
-            ctypes.CDLL(lib)
-        options.register_custom_ops_library(ops)
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    if not spinning:
-        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
-    return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
 

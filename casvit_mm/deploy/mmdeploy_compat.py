@@ -40,13 +40,14 @@ tracing; NCHW keeps the traced graph free of layout conversions).
 
 When it applies: ``import casvit_mm`` (what the docs and ``custom_imports`` do)
 calls :func:`install`, which patches at once if mmdeploy is imported already and
-otherwise waits, at no cost, for mmdeploy's first import (an import hook). So
+otherwise waits, at no cost, for mmdeploy's first import
+(:func:`casvit_mm.import_hooks.when_imported`). So
 ``import casvit_mm`` never imports mmdeploy or onnx, and patches only what a
 process that uses mmdeploy needs. Nothing in site-packages is edited.
 """
-import importlib.abc
-import importlib.util
 import sys
+
+from ..import_hooks import when_imported
 
 __all__ = ['apply', 'install', 'applied']
 
@@ -185,36 +186,6 @@ def apply():
     _state['applied'] = True
 
 
-class _LoaderThenApply(importlib.abc.Loader):
-    """mmdeploy's own loader, followed by :func:`apply`."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module):
-        self.loader.exec_module(module)
-        apply()
-
-
-class _OnMmdeployImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps the loader of the package ``mmdeploy``."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != 'mmdeploy':
-            return None
-        sys.meta_path.remove(self)  # one shot; the other finders find the real spec
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _LoaderThenApply(spec.loader)
-        return spec
-
-
 def install():
     """Patch when mmdeploy is (or gets) imported; called by ``import casvit_mm``."""
-    if 'mmdeploy' in sys.modules:
-        apply()
-    elif not any(isinstance(f, _OnMmdeployImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _OnMmdeployImport())
+    when_imported('mmdeploy', apply)

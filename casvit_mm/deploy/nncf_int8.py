@@ -19,7 +19,8 @@ benchmark's ``int8-nncf`` variant run):
   Only the network is quantized: every node outside ``NETWORK_SCOPES`` (the
   data preprocessor's normalisation, box decoding, NMS, RoIAlign, resizing,
   argmax, softmax) is in NNCF's ignored scope.
-* :func:`compile_openvino`: an ONNX or IR file compiled for the CPU with an
+* :func:`compile_openvino` (defined in :mod:`.onnx_export`, with the other runners):
+  an ONNX or IR file compiled for the CPU with an
   explicit ``INFERENCE_PRECISION_HINT`` (OpenVINO picks bf16 by itself on
   CPUs with native bf16: an unstated "fp32" figure may be bf16).
 * :func:`evaluate_openvino`: files scored with the config's evaluator.
@@ -31,6 +32,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from .onnx_export import compile_openvino
 from .ort_quantization import (KIND_KEY, NETWORK_SCOPES, QuantizationError, quantized_scopes,
                                read_kind)
 
@@ -198,35 +200,6 @@ def ir_size(path):
     if path.endswith('.xml') and osp.isfile(path[:-4] + '.bin'):
         size += osp.getsize(path[:-4] + '.bin')
     return size
-
-
-def compile_openvino(path, threads=None, precision='f32', perf_count=False, input_shape=None):
-    """An ONNX or IR file compiled for the CPU.
-
-    Args:
-        precision (str | None): ``INFERENCE_PRECISION_HINT``: ``'f32'``, or
-            ``'bf16'`` (OpenVINO runs the float parts in bf16 where the CPU
-            has it; elsewhere it keeps f32: see :func:`effective_precision`),
-            or None for OpenVINO's choice (bf16 on CPUs with native bf16).
-        perf_count (bool): Collect per-layer counters (:func:`perf_counters`).
-        input_shape (sequence, optional): reshape a file with dynamic axes
-            (mmdeploy's) to this shape first: OpenVINO runs int8 files with
-            dynamic H and W wrongly on AVX2 CPUs (see
-            :func:`casvit_mm.deploy.onnx_export.openvino_model`).
-    """
-    ov = _openvino()
-    config = {}
-    if precision is not None:
-        config['INFERENCE_PRECISION_HINT'] = precision
-    if threads is not None:
-        config['INFERENCE_NUM_THREADS'] = threads
-    if perf_count:
-        config['PERF_COUNT'] = True
-    core = ov.Core()
-    model = core.read_model(path)
-    if input_shape is not None:
-        model.reshape(list(input_shape))
-    return core.compile_model(model, 'CPU', config)
 
 
 def effective_precision(compiled):

@@ -8,12 +8,19 @@ exact candidate selection, the data preprocessor in the graph; docs/deploy.md
 says why, ``dispatch.exact_graph`` picks them), running files in onnxruntime or
 OpenVINO, and matching detections.
 """
+import os.path as osp
+from typing import TYPE_CHECKING, Optional, Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+if TYPE_CHECKING:  # optional runtimes, imported where they are used
+    import onnxruntime
+    import openvino
+
 __all__ = ['DetectorEnd2End', 'MaskRCNNEnd2End', 'export_onnx',
-           'onnxruntime_session', 'run_onnxruntime', 'openvino_model', 'run_openvino',
+           'onnxruntime_session', 'run_onnxruntime', 'compile_openvino', 'run_openvino',
            'match_detections', 'matched_pairs', 'box_iou']
 
 
@@ -432,8 +439,13 @@ def match_detections(reference, detections, iou=0.99, score_tol=1e-3):
     return len(matched_pairs(reference, detections, iou, score_tol)) / len(reference[0])
 
 
-def export_onnx(module, example, path, dynamo=True, output_names=None, dynamic_batch=False,
-                opset=17):
+def export_onnx(module: nn.Module,
+                example: torch.Tensor,
+                path: str,
+                dynamo: bool = True,
+                output_names: Optional[Sequence[str]] = None,
+                dynamic_batch: bool = False,
+                opset: int = 17) -> str:
     """Export ``module`` called on the tensor ``example`` to ``path``.
 
     Shapes are static, except the batch with ``dynamic_batch``.
@@ -462,17 +474,33 @@ def export_onnx(module, example, path, dynamo=True, output_names=None, dynamic_b
     return path
 
 
-def onnxruntime_session(path, threads=None, spinning=True):
+def onnxruntime_session(path: str,
+                        threads: Optional[int] = None,
+                        spinning: bool = True,
+                        mmdeploy_ops: bool = False) -> 'onnxruntime.InferenceSession':
     """An onnxruntime CPU session with ``threads`` intra-op threads (all graph
     optimisations on); ``threads=None`` keeps onnxruntime's default.
 
     ``spinning=False`` stops idle onnxruntime threads from busy-waiting after
     a run, which would steal the CPU from whatever runs next in the process
-    (the benchmark interleaves it with PyTorch).
+    (the benchmark interleaves it with PyTorch). ``mmdeploy_ops=True``, for a
+    file mmdeploy wrote: registers mmdeploy's custom-ops library
+    (``libmmdeploy_onnxruntime_ops.so``, shipped in its wheel) where it exists
+    (importing mmdeploy costs seconds, so only when asked).
     """
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if mmdeploy_ops:
+        import ctypes
+
+        from mmdeploy.backend.onnxruntime.init_plugins import get_lib_path, get_ops_path
+        ops = get_ops_path()
+        if ops and osp.exists(ops):
+            lib = get_lib_path()
+            if lib and osp.exists(lib):
+                ctypes.CDLL(lib)
+            options.register_custom_ops_library(ops)
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -481,30 +509,47 @@ def onnxruntime_session(path, threads=None, spinning=True):
     return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
 
 
-def run_onnxruntime(session, images):
+def run_onnxruntime(session: 'onnxruntime.InferenceSession', images: torch.Tensor) -> list:
     """Run ``session`` on a tensor; returns the list of numpy outputs."""
     name = session.get_inputs()[0].name
     return session.run(None, {name: images.detach().cpu().contiguous().numpy()})
 
 
-def openvino_model(path, threads=None, input_shape=None):
-    """The ONNX file compiled by OpenVINO (optional: ``pip install openvino``) for
-    the CPU in float32 (OpenVINO would pick bf16 on CPUs that have it), with
-    ``threads`` inference threads (None: OpenVINO's default).
+def compile_openvino(path: str,
+                     threads: Optional[int] = None,
+                     precision: Optional[str] = 'f32',
+                     perf_count: bool = False,
+                     input_shape: Optional[Sequence[int]] = None) -> 'openvino.CompiledModel':
+    """An ONNX or IR file compiled by OpenVINO (optional: ``pip install openvino``)
+    for the CPU, with ``threads`` inference threads (None: OpenVINO's default).
 
-    ``input_shape``: reshape a file with dynamic axes (mmdeploy's) to this fixed
-    shape before compiling. Needed for onnxruntime's int8 (QDQ) files: OpenVINO
-    2026.4 runs them correctly at a fixed shape only (measured on the toy
-    classifier's dynamic int8 file on an AVX2 CPU: class scores 0.29 away from
-    onnxruntime's with dynamic H/W, 0.025 reshaped; fp32 files agree either way).
+    Args:
+        precision (str | None): ``INFERENCE_PRECISION_HINT``: ``'f32'``, or
+            ``'bf16'`` (OpenVINO runs the float parts in bf16 where the CPU
+            has it; elsewhere it keeps f32: see
+            :func:`casvit_mm.deploy.nncf_int8.effective_precision`), or None for
+            OpenVINO's choice (bf16 on CPUs with native bf16: an unstated "fp32"
+            figure may be bf16).
+        perf_count (bool): Collect per-layer counters
+            (:func:`casvit_mm.deploy.nncf_int8.perf_counters`).
+        input_shape (sequence, optional): reshape a file with dynamic axes
+            (mmdeploy's) to this fixed shape before compiling. Needed for
+            onnxruntime's int8 (QDQ) files: OpenVINO 2026.4 runs them correctly
+            at a fixed shape only (measured on the toy classifier's dynamic int8
+            file on an AVX2 CPU: class scores 0.29 away from onnxruntime's with
+            dynamic H/W, 0.025 reshaped; fp32 files agree either way).
     """
     try:
         import openvino as ov
     except ImportError as e:
         raise ImportError('running ONNX files in OpenVINO needs it: pip install openvino') from e
-    config = {'INFERENCE_PRECISION_HINT': 'f32'}
+    config = {}
+    if precision is not None:
+        config['INFERENCE_PRECISION_HINT'] = precision
     if threads is not None:
         config['INFERENCE_NUM_THREADS'] = threads
+    if perf_count:
+        config['PERF_COUNT'] = True
     core = ov.Core()
     model = core.read_model(path)
     if input_shape is not None:
@@ -512,6 +557,6 @@ def openvino_model(path, threads=None, input_shape=None):
     return core.compile_model(model, 'CPU', config)
 
 
-def run_openvino(model, images):
+def run_openvino(model: 'openvino.CompiledModel', images: torch.Tensor) -> list:
     """Run a compiled OpenVINO model on a tensor; returns the list of numpy outputs."""
     return list(model([images.detach().cpu().contiguous().numpy()]).values())

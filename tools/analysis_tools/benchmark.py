@@ -321,8 +321,7 @@ def onnx_runner(export_fp32, example, path, threads, kind='backbone', int8_calib
         elif variant == 'openvino-bf16':
             precision = 'bf16'
         if variant in ('onnx', 'int8'):
-            from casvit_mm.deploy.dispatch import onnxruntime_session as mmdeploy_session
-            session = mmdeploy_session(file, threads, spinning=False)
+            session = onnxruntime_session(file, threads, spinning=False, mmdeploy_ops=True)
             return lambda: run_onnxruntime(session, example)
         from casvit_mm.deploy.nncf_int8 import (compile_openvino, effective_precision,
                                                 perf_counters, run_compiled)

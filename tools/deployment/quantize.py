@@ -45,10 +45,9 @@ import time
 
 from casvit_mm.cli import codebase, relative_error
 from casvit_mm.deploy.accuracy import evaluate_models, metric_drop
-from casvit_mm.deploy.dispatch import (backend_model, export, export_backbone, exported_file,
-                                       onnxruntime_session)
-from casvit_mm.deploy.onnx_export import (match_detections, openvino_model, run_onnxruntime,
-                                          run_openvino)
+from casvit_mm.deploy.dispatch import backend_model, export, export_backbone, exported_file
+from casvit_mm.deploy.onnx_export import (compile_openvino, match_detections,
+                                          onnxruntime_session, run_onnxruntime, run_openvino)
 from casvit_mm.deploy.ort_quantization import (DEFAULT_OP_TYPES, DataloaderCalibration,
                                                QuantizationError, batch_images,
                                                calibration_loader, input_shape, quantize_onnx,
@@ -189,20 +188,20 @@ def main():
     print(f'fp32 {fp32}: {osp.getsize(fp32) / 1e6:.1f} MB')
     print(f'int8 {int8}: {osp.getsize(int8) / 1e6:.1f} MB, '
           + ', '.join(f'{n} {k}' for k, n in sorted(ops.items())))
-    t32, out32 = timed(onnxruntime_session(fp32, args.threads, spinning=False), sample,
-                       args.repeats)
-    t8, out8 = timed(onnxruntime_session(int8, args.threads, spinning=False), sample,
-                     args.repeats)
+    t32, out32 = timed(onnxruntime_session(fp32, args.threads, spinning=False,
+                                           mmdeploy_ops=True), sample, args.repeats)
+    t8, out8 = timed(onnxruntime_session(int8, args.threads, spinning=False, mmdeploy_ops=True),
+                     sample, args.repeats)
     batch = 'x'.join(map(str, sample.shape))
     print(f'latency, onnxruntime, {args.threads} threads, {batch}: fp32 '
           f'{t32 * 1e3:.1f} ms, int8 {t8 * 1e3:.1f} ms ({t32 / t8:.2f}x); load average '
           f'{os.getloadavg()[0]:.2f}')
     print(f'output error on that batch: {output_error(kind, out32, out8)}', flush=True)
     if args.openvino:  # the same two files, run by OpenVINO
-        t32, _ = timed(openvino_model(fp32, args.threads, sample.shape), sample,
+        t32, _ = timed(compile_openvino(fp32, args.threads, input_shape=sample.shape), sample,
                        args.repeats, run_openvino)
-        t8, _ = timed(openvino_model(int8, args.threads, sample.shape), sample, args.repeats,
-                      run_openvino)
+        t8, _ = timed(compile_openvino(int8, args.threads, input_shape=sample.shape), sample,
+                      args.repeats, run_openvino)
         print(f'latency, OpenVINO, {args.threads} threads, {batch}: fp32 '
               f'{t32 * 1e3:.1f} ms, int8 {t8 * 1e3:.1f} ms ({t32 / t8:.2f}x)', flush=True)
     if not args.eval:
@@ -242,7 +241,7 @@ def openvino_backend(args, cfg, kind, shape, sample, fp32, name, calibration, st
     run = run_compiled
     if kind == 'instance-seg':  # OpenVINO's RoI feature extractor takes one image
         sample = sample[:1]
-    static = sample.shape  # compiled at the batch's shape (see openvino_model)
+    static = sample.shape  # compiled at the batch's shape (see compile_openvino)
     t32, out32 = timed(compile_openvino(fp32, args.threads, input_shape=static), sample,
                        args.repeats, run)
     t8, out8 = timed(compile_openvino(int8, args.threads, input_shape=static), sample,
