@@ -384,3 +384,25 @@ def test_a_classifier_read_with_a_prefix_keeps_norm3_at_init(tmp_path):
     torch.testing.assert_close(model.norm3.weight, torch.ones(220))
     torch.testing.assert_close(model.stages[3][1].mlp.fc2.weight,
                                official['network.6.1.mlp.fc2.weight'])
+
+
+def test_a_url_is_downloaded_then_read_weights_only(tmp_path):
+    """mmengine would unpickle a downloaded file with weights_only=False: the URL
+    loader reads it through safe_load (a file:// URL stands for the server)."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from casvit_mm.checkpoint.mmengine_loader import load_from_url_weights_only
+    assert CheckpointLoader._get_checkpoint_loader('https://host/a.pth') is \
+        load_from_url_weights_only
+    marker, evil = tmp_path / 'pwned', tmp_path / 'server' / 'evil.pth'
+    evil.parent.mkdir()
+    torch.save(dict(state_dict=official_state_dict('xs'), trap=_Payload(marker)), evil)
+    with pytest.raises(UnsafeCheckpointError, match=r'Nothing was executed'):
+        load_from_url_weights_only(evil.as_uri(), model_dir=str(tmp_path / 'cache'))
+    assert (tmp_path / 'cache' / 'evil.pth').is_file() and not marker.exists()
+    good = tmp_path / 'server' / 'xs.pth'
+    torch.save(dict(state_dict=official_state_dict('xs', seed=12)), good)
+    checkpoint = load_from_url_weights_only(good.as_uri(), model_dir=str(tmp_path / 'cache'))
+    assert 'stages.0.0.norm1.weight' not in checkpoint['state_dict']  # as in the file
+    assert checkpoint['state_dict']._metadata.get('')['casvit_mm_source'] == str(
+        tmp_path / 'cache' / 'xs.pth')

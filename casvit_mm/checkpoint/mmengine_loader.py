@@ -15,8 +15,13 @@ classifier keys at the top level) is handed on as an mmpretrain classifier
 checkpoint (``state_dict`` with ``backbone.*`` and ``head.head`` /
 ``head.dist_head``), so that ``get_model(name, pretrained=cas-vit-m.pth)`` and
 ``tools/test.py`` work with the file as downloaded; a backbone loaded from it
-drops the classifier in its load hook. URLs and other schemes are left to
-mmengine (nothing is downloaded here).
+drops the classifier in its load hook.
+
+``http://`` / ``https://`` (an mmpretrain model's ``pretrained=True``, a URL in
+``load_from`` or ``init_cfg``): mmengine downloads into torch's hub cache and then
+unpickles with ``weights_only=False`` too, so the downloaded file is read through
+:func:`safe_load` instead (:func:`load_from_url_weights_only`). Other remote
+schemes (``s3://``, ``pavi://``) are left to mmengine.
 
 ``init_cfg=dict(type='Pretrained', prefix=...)`` reads the file through
 mmengine's ``_load_checkpoint_with_prefix``, which returns a new plain dict of the
@@ -27,11 +32,13 @@ classifier; a wrong prefix is a bare ``AssertionError``.
 ``CheckpointLoader`` as it does, with the new dict tagged with its file and a
 wrong prefix a :class:`CheckpointError` that lists the file's keys.
 """
+import os
 import os.path as osp
 from typing import Any, Callable, Union
+from urllib.parse import urlparse
 
 import torch
-
+from mmengine.dist import barrier, get_dist_info
 from mmengine.logging import print_log
 from mmengine.runner import checkpoint as mmengine_checkpoint
 from mmengine.runner.checkpoint import CheckpointLoader
@@ -85,6 +92,31 @@ def load_from_model_index(filename: str, map_location: MapLocation = None) -> di
     return tag_source(as_mmpretrain_if_official_classifier(checkpoint, path), path)
 
 
+def _download(url: str, path: str) -> None:
+    if not osp.isfile(path):
+        os.makedirs(osp.dirname(path), exist_ok=True)
+        torch.hub.download_url_to_file(url, path, progress=os.isatty(0))
+
+
+def load_from_url_weights_only(filename: str, map_location: MapLocation = None,
+                               model_dir: Union[str, None] = None) -> dict:
+    """mmengine's ``load_from_http``: the file downloaded once into torch's hub cache
+    (``$TORCH_HOME/hub/checkpoints``; rank 0 first), then read by :func:`safe_load`.
+
+    (mmengine logs ``Loads checkpoint by url_weights_only backend``.)
+    """
+    model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
+    path = osp.join(model_dir, osp.basename(urlparse(filename).path))
+    rank, world_size = get_dist_info()
+    if rank == 0:
+        _download(filename, path)
+    if world_size > 1:
+        barrier()  # the others wait for the whole file (or download it on their node)
+        _download(filename, path)
+    checkpoint = safe_load(path, map_location=map_location)
+    return tag_source(as_mmpretrain_if_official_classifier(checkpoint, path), path)
+
+
 def load_checkpoint_with_prefix(prefix: str, filename: str,
                                map_location: MapLocation = None) -> dict:
     """mmengine's ``_load_checkpoint_with_prefix``: the keys under ``prefix`` of the
@@ -97,11 +129,13 @@ def load_checkpoint_with_prefix(prefix: str, filename: str,
 
 
 def register_safe_loader() -> None:
-    """Replace mmengine's loader for local paths, add ``casvit_mm://`` and name the
-    file of a prefixed ``Pretrained`` read (idempotent)."""
+    """Replace mmengine's loaders for local paths and URLs, add ``casvit_mm://`` and
+    name the file of a prefixed ``Pretrained`` read (idempotent)."""
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only,
                                      force=True)
     CheckpointLoader.register_scheme(prefixes=SCHEME, loader=load_from_model_index, force=True)
+    CheckpointLoader.register_scheme(prefixes=('http://', 'https://'),
+                                     loader=load_from_url_weights_only, force=True)
     if mmengine_checkpoint._load_checkpoint_with_prefix is not load_checkpoint_with_prefix:
         mmengine_checkpoint._load_checkpoint_with_prefix = load_checkpoint_with_prefix
 
