@@ -25,6 +25,11 @@ feature maps, --shape, batch dynamic with the TorchScript exporter), checked
 against the eval-mode backbone (max|diff| / max|reference| <= --tol, 1e-4).
 The tool prints ``OK`` or ``FAIL`` per file and exits with 1 if any check fails.
 
+``--eval`` also scores the PyTorch model and the file written (mmdeploy's, through its
+backend model; or the hand-written graph, on a test split the pipeline does not
+resize, at --shape) on the config's test split with its test evaluator, and prints
+both metrics (the parity criterion of docs/deploy.md: within 0.005).
+
 Examples:
   python tools/deployment/export_onnx.py configs/detection/retinanet_casvit_m.py \\
       --checkpoint work_dirs/retinanet_casvit_m/epoch_12.pth
@@ -40,6 +45,7 @@ import os.path as osp
 import sys
 
 import torch
+from mmengine.config import Config, DictAction
 
 from casvit_mm import CASViT
 from casvit_mm.cli import build_model, relative_error
@@ -78,12 +84,19 @@ def parse_args():
                         'random --shape image)')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='mmdeploy check: detections compared from this score on')
+    parser.add_argument('--eval', action='store_true',
+                        help='also score PyTorch and the file written on the config\'s test '
+                        'split with its evaluator')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                        help='override config settings (key=value), as tools/train.py')
     args = parser.parse_args()
     if bool(args.config) == bool(args.arch):
         parser.error('give either a config or --arch')
     for what, path in (('config', args.config), ('--checkpoint', args.checkpoint)):
         if path and not osp.isfile(path):
             parser.error(f'{what} {path!r} does not exist')
+    if args.eval and not args.config:
+        parser.error('--eval scores a config\'s model on its test split: give a config')
     if min(args.shape) < 32 or args.batch < 1:
         parser.error('--shape needs H, W >= 32 (the backbone has stride 32), --batch >= 1')
     return args
@@ -142,7 +155,32 @@ def check_detector(name, model, image, out_dir):
     print(f'{"OK  " if ok else "FAIL"} {path}: {names} ({boxes.shape[1]} per image, score 0 = '
           f'padding); {found} of the {total} detections of PyTorch eval found (same label, '
           f'IoU >= 0.99, score within 1e-3){masks}', flush=True)
-    return ok
+    return ok, GraphModel(path)
+
+
+class GraphModel:
+    """``test_step`` of a hand-written detector graph in onnxruntime, for --eval:
+    images as the test pipeline loads them (not resized: the graph's boxes and
+    masks are in input pixels), of the graph's H and W."""
+
+    def __init__(self, path):
+        self.session = onnxruntime_session(path)
+
+    def test_step(self, data):
+        from mmengine.structures import InstanceData
+        outputs = run_onnxruntime(self.session, torch.stack(data['inputs']).float())
+        for b, sample in enumerate(data['data_samples']):
+            if tuple(sample.scale_factor) != (1., 1.):
+                raise SystemExit('--wrappers --eval: the test pipeline resizes the images; '
+                                 'the graph\'s outputs are in input pixels')
+            keep = outputs[1][b] > 0  # the rest is padding
+            inst = InstanceData(bboxes=torch.from_numpy(outputs[0][b][keep]),
+                                scores=torch.from_numpy(outputs[1][b][keep]),
+                                labels=torch.from_numpy(outputs[2][b][keep]).long())
+            if len(outputs) > 3:
+                inst.masks = torch.from_numpy(outputs[3][b][keep])
+            sample.pred_instances = inst
+        return data['data_samples']
 
 
 def check_mmdeploy(config, model, args):
@@ -158,7 +196,7 @@ def check_mmdeploy(config, model, args):
     rng = np.random.default_rng(0)
     image = (mmcv.imfrombytes(get(args.image)) if args.image
              else rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-    name = osp.splitext(osp.basename(config))[0]
+    name = osp.splitext(osp.basename(args.config))[0]
     work_dir = osp.join(args.out_dir, f'{name}_{args.backend}_{args.shape_mode}')
     static = args.shape_mode == 'static'
     checkpoint = args.checkpoint
@@ -197,6 +235,27 @@ def check_mmdeploy(config, model, args):
         ok, what = same and diff < 1e-4, f'labels equal: {same}, max score diff {diff:.1e}'
     print(f'{"OK  " if ok else "FAIL"} {", ".join(exported.files)}: {exported.task}, '
           f'{args.shape_mode}, images {sizes}: {what}', flush=True)
+    return ok, backend_model(exported)
+
+
+def evaluate(cfg, model, deployed, what):
+    """PyTorch and the deployed model on the config's test split, with its evaluator:
+    each headline metric, and whether they are within 0.005 (on the 0-1 scale)."""
+    from casvit_mm.deploy.accuracy import HEADLINE, evaluate_models
+    reference, other = evaluate_models([model, deployed], cfg)
+    ok = True
+    print(f'{"metric":<28}{"PyTorch":>10}{what:>10}')
+    for key in reference:
+        try:
+            a, b = float(reference[key]), float(other[key])
+        except (TypeError, ValueError, KeyError):
+            continue
+        scale = 100. if key.endswith(('mIoU', 'top1')) else 1.  # mmseg, mmpretrain: percent
+        checked = key.endswith(HEADLINE)
+        ok = ok and (not checked or abs(a - b) / scale <= 0.005)
+        print(f'{key:<28}{a / scale:>10.4f}{b / scale:>10.4f}{"" if checked else "  (not checked)"}')
+    print(f'{"OK  " if ok else "FAIL"} {what} within 0.005 of PyTorch on every checked metric',
+          flush=True)
     return ok
 
 
@@ -211,7 +270,9 @@ def main():
         backbone.init_weights()
         model, name = None, f'casvit_{args.arch}'
     else:
-        model = build_model(args.config, checkpoint=args.checkpoint)
+        cfg = Config.fromfile(args.config)
+        cfg.merge_from_dict(args.cfg_options)
+        model = build_model(cfg, checkpoint=args.checkpoint)
         backbone = getattr(model, 'backbone', None)
         if not isinstance(backbone, CASViT):
             raise SystemExit(f'{args.config} has no CASViT backbone: nothing to deploy')
@@ -223,9 +284,14 @@ def main():
     ok = check_backbone(f'{name}_backbone', backbone, example, args.out_dir, args)
     if model is not None and args.wrappers:
         image = (torch.rand(args.batch, 3, *args.shape) * 255).round()  # as loaded: 0-255
-        ok = check_detector(name, model, image, args.out_dir) and ok
+        checked, deployed = check_detector(name, model, image, args.out_dir)
+        ok = checked and ok
     elif model is not None:
-        ok = check_mmdeploy(args.config, model, args) and ok
+        checked, deployed = check_mmdeploy(cfg, model, args)
+        ok = checked and ok
+    if model is not None and args.eval:
+        what = 'graph' if args.wrappers else 'mmdeploy'
+        ok = evaluate(cfg, model, deployed, what) and ok
     sys.exit(0 if ok else 1)
 
 
