@@ -48,7 +48,8 @@ import torch.nn as nn
 
 __all__ = ['MOBILE_KINDS', 'PORTABLE_OK', 'MobileExportError', 'MobileNetwork', 'ExecuTorchModel',
            'mobile_kind', 'mobile_network', 'export_program', 'to_executorch',
-           'quantize_pt2e', 'unshare_weights', 'float_modules', 'to_coreml', 'coreml_ops', 'calibration_batches',
+           'quantize_pt2e', 'unshare_weights', 'float_modules', 'to_coreml', 'coreml_ops',
+           'calibration_batches',
            'host_predictions', 'evaluate_mobile', 'export_mobile', 'FORMATS']
 
 MOBILE_KINDS = ('classifier', 'detector', 'segmentor', 'backbone')
@@ -348,7 +349,7 @@ def unshare_weights(graph_module: torch.fx.GraphModule) -> int:
             op in str(u.target) for op in ('conv', 'linear'))]
         for index, user in enumerate(users[1:], 1):
             name = f'{node.target.replace(".", "_")}_use{index}'
-            tensor = getattr_recursive(graph_module, node.target).detach().clone()
+            tensor = _attribute(graph_module, node.target).detach().clone()
             graph_module.register_buffer(name, tensor)
             with graph_module.graph.inserting_before(user):
                 copy_node = graph_module.graph.get_attr(name)
@@ -361,7 +362,7 @@ def unshare_weights(graph_module: torch.fx.GraphModule) -> int:
     return copies
 
 
-def getattr_recursive(module: nn.Module, target: str):
+def _attribute(module: nn.Module, target: str):
     for part in target.split('.'):
         module = getattr(module, part)
     return module
@@ -374,7 +375,8 @@ def quantize_pt2e(network: nn.Module, example: torch.Tensor,
     """PT2E static int8 for XNNPACK: ``XNNPACKQuantizer`` with the symmetric
     per-channel configuration (histogram observers for activations), torchao's
     ``prepare_pt2e``, one pass over the ``calibration`` batches,
-    ``convert_pt2e``. Returns the quantized graph module (still float in,
+    ``convert_pt2e``; a conv called more than once gets a weight copy per call
+    first (:func:`unshare_weights`). Returns the quantized graph module (still float in,
     float out; GELU and sigmoid stay float between dequantize / quantize
     nodes, as the quantizer annotates them).
 
