@@ -369,12 +369,13 @@ class SharedHead(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.down = nn.Conv2d(16, 16, 3, stride=2, padding=1)  # the next level
         self.conv = nn.Conv2d(16, 16, 3, padding=1)
         self.cls = nn.Conv2d(16, 9, 3, padding=1)
 
     def forward(self, x):
         level0 = self.stem(x)
-        level1 = nn.functional.avg_pool2d(level0, 2, 2, 0) * 4  # another scale
+        level1 = self.down(level0)
         return tuple(self.cls(torch.relu(self.conv(f))) for f in (level0, level1))
 
 
@@ -396,16 +397,16 @@ def test_int8_quantizes_every_use_of_a_shared_conv():
     model = SharedHead().eval()
     x = torch.randn(2, 3, 16, 16)
     graph = export_program(model, x, max_batch=4).module()
-    assert len(set(weight_users(graph))) == 3  # stem, conv, cls: shared by the two levels
+    assert len(set(weight_users(graph))) == 4  # conv and cls: shared by the two levels
     assert unshare_weights(graph) == 4  # conv and cls: weight and bias, once more each
-    assert len(set(weight_users(graph))) == 5
+    assert len(set(weight_users(graph))) == 6
     with torch.no_grad():
         for got, expected in zip(graph(x), model(x)):
             assert torch.equal(got, expected)
     quantized = quantize_pt2e(model, x, [x], max_batch=4, keep_float=())
     convs = [n for n in quantized.graph.nodes
              if n.op == 'call_function' and 'conv' in str(n.target)]
-    assert len(convs) == 5
+    assert len(convs) == 6
     for conv in convs:  # input and weight come out of dequantize: quantized, every level
         assert all('dequantize' in str(arg.target) for arg in conv.args[:2]), conv.args
 
