@@ -436,7 +436,9 @@ def test_int8_accuracy_of_the_trained_classifier(classifier_files):
     quantizes it (same calibration images, its last stage fp32) scores on the
     val split within one image of PyTorch, with the converted PT2E graph run in
     PyTorch (fast: what the accuracy search uses); and the lowered int8 .pte
-    gives that graph's predictions (same top-1 on every image)."""
+    reproduces that graph: its logits within 3 int8 steps, the same top-1
+    wherever the top two are more than 6 steps apart (int8 logits tie often:
+    XNNPACK and PyTorch round the last step differently)."""
     from mmengine.runner import Runner
     cfg, checkpoint = classifier_files['cfg'], classifier_files['checkpoint']
     model = build_model(cfg, checkpoint).eval()
@@ -445,6 +447,9 @@ def test_int8_accuracy_of_the_trained_classifier(classifier_files):
     calibration = calibration_batches(cfg, model, shape, 8, 4)  # the tool's --calib-* above
     simulated = quantize_pt2e(network, calibration[0][:1], calibration, max_batch=4)
     lowered = ExecuTorchModel(classifier_files['int8'])
+    output = next(n for n in simulated.graph.nodes if n.op == 'output').args[0][0]
+    assert 'dequantize_per_tensor' in str(output.target), output.target  # int8 logits
+    step = output.args[1]  # their quantization step
     loader = Runner.build_dataloader(dict(cfg.val_dataloader, batch_size=4))
     correct = Counter()
     for data in loader:
@@ -455,8 +460,11 @@ def test_int8_accuracy_of_the_trained_classifier(classifier_files):
                           pte=lowered(images)[0])
         for name, value in logits.items():
             correct[name] += int((value.argmax(1) == labels).sum())
-        assert torch.equal(logits['pte'].argmax(1), logits['int8'].argmax(1))
-        assert relative_error(logits['int8'], logits['pte']) < 0.05
+        # the .pte rounds as XNNPACK does: within a few steps of the int8 logits
+        assert (logits['pte'] - logits['int8']).abs().max() <= 3 * step
+        top2 = logits['int8'].topk(2, 1).values
+        clear = top2[:, 0] - top2[:, 1] > 6 * step  # no near-tie that this rounding can swap
+        assert torch.equal(logits['pte'].argmax(1)[clear], logits['int8'].argmax(1)[clear])
         assert relative_error(logits['pytorch'], logits['int8']) > 1e-4  # quantized
     images = len(loader.dataset)
     print(f'top-1 of {images} images: {dict(correct)}')
