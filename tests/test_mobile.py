@@ -468,5 +468,6 @@ def test_int8_accuracy_of_the_trained_classifier(classifier_files):
         assert relative_error(logits['pytorch'], logits['int8']) > 1e-4  # quantized
     images = len(loader.dataset)
     print(f'top-1 of {images} images: {dict(correct)}')
-    assert correct['pytorch'] >= images // 2  # it learnt something: the check means something
+    chance = images / len(loader.dataset.metainfo['classes'])
+    assert correct['pytorch'] > chance  # it learnt something: the check means something
     assert correct['int8'] >= correct['pytorch'] - 1
