@@ -48,7 +48,8 @@ import torch.nn as nn
 
 __all__ = ['MOBILE_KINDS', 'PORTABLE_OK', 'MobileExportError', 'MobileNetwork', 'ExecuTorchModel',
            'mobile_kind', 'mobile_network', 'export_program', 'to_executorch',
-           'quantize_pt2e', 'float_modules', 'to_coreml', 'coreml_ops', 'calibration_batches',
+           'quantize_pt2e', 'unshare_weights', 'float_modules', 'to_coreml', 'coreml_ops',
+           'calibration_batches',
            'host_predictions', 'evaluate_mobile', 'export_mobile', 'FORMATS']
 
 MOBILE_KINDS = ('classifier', 'detector', 'segmentor', 'backbone')
@@ -303,10 +304,9 @@ def float_modules(network: MobileNetwork) -> List[str]:
     PT2E graph): with everything int8 the classifier loses 3 of 64 val images
     (top-1 0.906 -> 0.859); leaving the last stage in fp32 recovers them in
     simulation (the stem, the head, the attention gates in fp32 do not), and
-    the lowered file loses 1 image. Semantic FPN loses nothing all-int8.
-    RetinaNet's int8 ``.pte`` fails to load in XNNPACK (``Failed to create
-    convolution node``) with or without fp32 modules, so nothing is chosen
-    for detectors (simulated: all-int8 loses 0.008 mAP).
+    the lowered file loses 1 image (other observers, more calibration images,
+    stem or head in fp32 do no better: docs/deploy.md). Semantic FPN loses
+    nothing all-int8, nor does RetinaNet lose more than 0.01 mAP.
     """
     from casvit_mm import CASViT
     if network.kind != 'classifier':
@@ -329,6 +329,44 @@ def _outside(module_names: Sequence[str]):
     return keep
 
 
+def unshare_weights(graph_module: torch.fx.GraphModule) -> int:
+    """Give every convolution / linear of ``graph_module`` its own weight and bias.
+
+    A module called more than once (a dense detector's head runs its convs
+    on every FPN level) gives one weight used by several convs. PT2E then
+    quantizes its first use only, and ExecuTorch 1.4's XNNPACK lowering
+    hands the later, float uses the *quantized* bias: the ``.pte`` fails to
+    load (``XNNCompiler: Failed to create convolution node N with code:
+    xnn_status_invalid_parameter``, an fp32 conv with a qcint32 bias). With a
+    copy per use (same values, so the same function) each use is quantized
+    with its own input's scale. Returns the number of copies made."""
+    copies = 0
+    for node in list(graph_module.graph.nodes):
+        if node.op != 'get_attr':
+            continue
+        users = [u for u in node.users if u.op == 'call_function' and any(
+            op in str(u.target) for op in ('conv', 'linear'))]
+        for index, user in enumerate(users[1:], 1):
+            name = f'{node.target.replace(".", "_")}_use{index}'
+            tensor = _attribute(graph_module, node.target).detach().clone()
+            graph_module.register_buffer(name, tensor)
+            with graph_module.graph.inserting_before(user):
+                copy_node = graph_module.graph.get_attr(name)
+            copy_node.meta = dict(node.meta)
+            user.replace_input_with(node, copy_node)
+            copies += 1
+    if copies:
+        graph_module.graph.lint()
+        graph_module.recompile()
+    return copies
+
+
+def _attribute(module: nn.Module, target: str):
+    for part in target.split('.'):
+        module = getattr(module, part)
+    return module
+
+
 def quantize_pt2e(network: nn.Module, example: torch.Tensor,
                   calibration: Iterable[torch.Tensor],
                   max_batch: Optional[int] = DEFAULT_MAX_BATCH,
@@ -336,7 +374,8 @@ def quantize_pt2e(network: nn.Module, example: torch.Tensor,
     """PT2E static int8 for XNNPACK: ``XNNPACKQuantizer`` with the symmetric
     per-channel configuration (histogram observers for activations), torchao's
     ``prepare_pt2e``, one pass over the ``calibration`` batches,
-    ``convert_pt2e``. Returns the quantized graph module (still float in,
+    ``convert_pt2e``; a conv called more than once gets a weight copy per call
+    first (:func:`unshare_weights`). Returns the quantized graph module (still float in,
     float out; GELU and sigmoid stay float between dequantize / quantize
     nodes, as the quantizer annotates them).
 
@@ -360,6 +399,7 @@ def quantize_pt2e(network: nn.Module, example: torch.Tensor,
                                     f'e.g. {sorted(known)[1:6]}')
         quantizer.set_filter_function(_outside(keep_float))
     graph = export_program(network, example, max_batch).module()
+    unshare_weights(graph)
     prepared = prepare_pt2e(graph, quantizer)
     seen = 0
     with torch.no_grad():
