@@ -71,7 +71,11 @@ Rows:
   fp32 ones, bf16, and every ONNX / OpenVINO one). Whole models (--models)
   built from configs/ with random weights: RetinaNet and Mask R-CNN run
   ``test_step`` on one 800x1344 image (data preprocessor, network,
-  post-processing with NMS: what tools/test.py runs per image); Semantic FPN
+  post-processing with NMS: what tools/test.py runs per image), and with
+  RetinaNet mmdet's own ResNet-18 and ResNet-50 RetinaNets (its config files
+  retinanet_r18_fpn_1x_coco / retinanet_r50_fpn_1x_coco, random weights, the
+  --baselines) in the same round-robin and variants (eval, bf16, every file
+  variant, mmdeploy); Semantic FPN
   maps a normalised 512x512 image to its label map (mmseg's ``encode_decode``:
   network, resize to the input; argmax). Eval and deploy differ only in the backbone (and,
   with test.py--deploy, the FPN lateral convs that absorb its output norms).
@@ -93,6 +97,9 @@ Examples:
   # every precision in every runtime, CAS-ViT-M against ResNet-18/50 (docs/quantization.md)
   python tools/analysis_tools/benchmark.py --variants precision --models retinanet \
       --json work_dirs/benchmark_precision.json
+  # whole RetinaNet only: CAS-ViT-M against mmdeploy-exported ResNet-18/50 RetinaNets
+  python tools/analysis_tools/benchmark.py --inputs none --models retinanet \
+      --variants precision --model-repeats 3 --warmup 1
 """
 import argparse
 import copy
@@ -126,6 +133,9 @@ OPENVINO_VARIANTS = ('openvino', 'openvino-bf16', 'int8-openvino', 'int8-nncf')
 # mobile runtimes: backbone rows only
 EXECUTORCH = ('executorch', 'executorch-int8', 'executorch-int8-all')
 
+# mmdet's own RetinaNets with the baselines' backbones (its config files, random weights)
+RESNET_RETINANETS = {'resnet18': 'retinanet/retinanet_r18_fpn_1x_coco.py',
+                     'resnet50': 'retinanet/retinanet_r50_fpn_1x_coco.py'}
 MODEL_CONFIGS = {
     'retinanet': 'configs/detection/retinanet_casvit_{arch}.py',
     'mask_rcnn': 'configs/detection/mask_rcnn_casvit_{arch}.py',
@@ -413,6 +423,60 @@ def resnet(depth):
     return model
 
 
+def mmdet_config(path):
+    """A config file shipped inside the installed mmdet (``retinanet/...``)."""
+    import mmdet
+    full = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs', path)
+    if not osp.isfile(full):
+        raise SystemExit(f'{path} not found in the installed mmdet ({full}): the whole '
+                         f'ResNet RetinaNet rows need mmdet >= 3.0 installed with its configs')
+    return full
+
+
+def detector_variants(name, base, kind, args, det_hw, onnx_path, resnet=False,
+                      allow_emulated_bf16=False):
+    """The requested variants of a whole detector (random weights) on one
+    ``det_hw`` image: ``test_step`` in PyTorch, the dispatch's file (mmdeploy's,
+    image -> boxes after NMS) in every runtime and precision. ``resnet``: one of
+    mmdet's ResNet detectors, in the variants that apply to it (eval, bf16, the file
+    variants, mmdeploy)."""
+    data = detector_data(det_hw)
+    loaded = data['inputs'][0][None].float()  # as loaded: the exact graph's input
+    with torch.no_grad():
+        preprocessed = base.data_preprocessor(copy.deepcopy(data))['inputs']
+    work, exported = onnx_path(name)[:-5], {}
+
+    def det_export():
+        if not exported:  # one file for the onnx, int8 and mmdeploy variants
+            exported['file'] = mmdeploy_export(base, det_hw, work)
+        return exported['file']
+
+    task = 'instance-seg' if kind == 'mask_rcnn' else 'detection'
+    onnx = onnx_runner(lambda p: det_export().onnx, preprocessed,
+                       osp.join(work, 'end2end.onnx'), args.threads, kind=task,
+                       int8_calib=args.int8_calib)
+    mmdeploy = mmdeploy_runner(det_export(), data, args.threads) if (
+        'mmdeploy' in args.variants) else None
+    if resnet:
+        baseline = (name, 'eval')
+        variants = [Variant(name, 'eval', lambda: base.test_step(data), 1, baseline)]
+        if 'bf16' in args.variants:  # weights and activations, as for CAS-ViT
+            bf16 = to_bf16(copy.deepcopy(base), allow_emulated_bf16)
+            variants.append(Variant(name, 'bf16', lambda: bf16.test_step(data), 1, baseline))
+        variants += [Variant(name, v, onnx(v), 1, baseline) for v in args.variants
+                     if v in FILE_VARIANTS]
+        if mmdeploy is not None:
+            variants.append(Variant(name, 'mmdeploy', mmdeploy, 1, baseline))
+    else:
+        exact = exact_runner(base, loaded, onnx_path(name + '_exact'), args.threads)
+        variants = casvit_variants(
+            name, base, args.variants, lambda m: m.test_step(data), 1, onnx=onnx,
+            mmdeploy=mmdeploy, allow_emulated_bf16=allow_emulated_bf16, exact=exact)
+    for v in variants:
+        v.compare = False  # detections: thresholds make a diff meaningless
+    return variants
+
+
 def detector_data(hw):
     """One packed image as tools/test.py would feed it (no ground truth)."""
     from mmdet.testing import demo_mm_inputs
@@ -439,8 +503,10 @@ def summarise(group, variants, outputs):
             row['speedup_vs_openvino_f32'] = round(medians[(v.model, 'openvino')] / med, 3)
         # ResNet-50 in the same runtime and precision (eval: its PyTorch fp32, which
         # deploy mode's fp32 rows are compared with too)
-        r50 = medians.get(('resnet50', v.variant)) or (
-            medians.get(('resnet50', 'eval')) if v.variant in (
+        # (whole RetinaNets: mmdet's ResNet-50 RetinaNet)
+        r50_name = 'retinanet-resnet50' if v.model.startswith('retinanet-') else 'resnet50'
+        r50 = medians.get((r50_name, v.variant)) or (
+            medians.get((r50_name, 'eval')) if v.variant in (
                 'eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy', 'nchw',
                 'compile', 'freezing') else None)
         if r50 is not None:
@@ -611,6 +677,7 @@ def main():
             run('x'.join(map(str, shape)), variants, args.repeats)
 
         for kind in models:
+            variants = []  # a detector's CAS-ViT sizes and ResNets: one round-robin
             for arch in args.arch:
                 name = f'{kind}-casvit-{arch}'
                 base = build_model(osp.join(REPO, MODEL_CONFIGS[kind].format(arch=arch)))
@@ -619,44 +686,29 @@ def main():
                     image = image * 4 - 2
                     metas = [dict(img_shape=seg_hw, pad_shape=seg_hw, ori_shape=seg_hw)]
                     work = onnx_path(name)[:-5]
-                    variants = casvit_variants(
+                    seg_variants = casvit_variants(
                         name, base, args.variants,
                         lambda m: m.encode_decode(image, metas).argmax(1, keepdim=True), 1,
                         onnx=onnx_runner(lambda p: mmdeploy_export(base, seg_hw, work).onnx,
                                          image, osp.join(work, 'end2end.onnx'), args.threads,
                                          kind='segmentation', int8_calib=args.int8_calib),
                         allow_emulated_bf16=emulated)
-                    for v in variants:  # label maps: compare the fraction of pixels
+                    for v in seg_variants:  # label maps: compare the fraction of pixels
                         v.compare = 'labels'
-                    run('x'.join(map(str, image.shape)), variants, args.model_repeats)
+                    run('x'.join(map(str, image.shape)), seg_variants, args.model_repeats)
                     continue
                 # detectors: test_step (preprocessing, network, post-processing)
-                data = detector_data(det_hw)
-                loaded = data['inputs'][0][None].float()  # as loaded: the exact graph's input
-                with torch.no_grad():
-                    preprocessed = base.data_preprocessor(copy.deepcopy(data))['inputs']
-                work, exported = onnx_path(name)[:-5], {}
-
-                def det_export(_=None, base=base, work=work, exported=exported):
-                    if not exported:  # one file for the onnx, int8 and mmdeploy variants
-                        exported['file'] = mmdeploy_export(base, det_hw, work)
-                    return exported['file']
-
-                task = 'instance-seg' if kind == 'mask_rcnn' else 'detection'
-                onnx = onnx_runner(lambda p: det_export().onnx, preprocessed,
-                                   osp.join(work, 'end2end.onnx'), args.threads, kind=task,
-                                   int8_calib=args.int8_calib)
-                exact = exact_runner(base, loaded, onnx_path(name + '_exact'), args.threads)
-                mmdeploy = None
-                if 'mmdeploy' in args.variants:
-                    mmdeploy = mmdeploy_runner(det_export(), data, args.threads)
-                variants = casvit_variants(
-                    name, base, args.variants,
-                    lambda m: m.test_step(data), 1, onnx=onnx, mmdeploy=mmdeploy,
-                    allow_emulated_bf16=emulated, exact=exact)
-                for v in variants:
-                    v.compare = False  # detections: thresholds make a diff meaningless
-                run('1x3x' + 'x'.join(map(str, det_hw)), variants, args.model_repeats)
+                variants += detector_variants(
+                    name, base, kind, args, det_hw, onnx_path, allow_emulated_bf16=emulated)
+            if kind == 'fpn':
+                continue
+            if kind == 'retinanet':  # mmdet's own ResNet RetinaNets, in the same round-robin
+                for resnet_name in args.baselines:
+                    name = f'retinanet-{resnet_name}'
+                    variants += detector_variants(
+                        name, build_model(mmdet_config(RESNET_RETINANETS[resnet_name])), kind,
+                        args, det_hw, onnx_path, resnet=True, allow_emulated_bf16=emulated)
+            run('1x3x' + 'x'.join(map(str, det_hw)), variants, args.model_repeats)
     meta['loadavg_end'] = loadavg()
     meta['openvino_effective_precision'] = EFFECTIVE_PRECISION
     if EFFECTIVE_PRECISION:
