@@ -61,6 +61,12 @@ Variants (--variants), each from the same random weights:
                      (casvit_mm.deploy.nncf_int8, what quantize.py --backend openvino
                      writes), calibrated on --int8-calib random inputs, run with the
                      f32 hint
+  openvino-export-form, int8-nncf-export-form
+                     CAS-ViT backbone rows: the same as openvino / int8-nncf on a file
+                     exported from the export-friendly form of the deployed backbone
+                     (switch_to_deploy(form='export'), what the mobile exporters take:
+                     the channel gate as per-branch 1x1 convolutions, no 5-D views);
+                     same weights, outputs equal to float rounding
   precision          shorthand for: eval switch_to_deploy bf16 onnx openvino
                      openvino-bf16 int8 int8-openvino int8-nncf
 Every ONNX variant of a model runs the same file (the dispatch's: TorchScript
@@ -124,12 +130,18 @@ from casvit_mm.deploy.onnx_export import onnxruntime_session, run_onnxruntime
 VARIANTS = ['eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy', 'nchw', 'compile',
             'freezing', 'bf16', 'onnx', 'openvino', 'openvino-bf16', 'int8', 'int8-openvino',
             'int8-nncf', 'mmdeploy', 'onnx-exact', 'executorch', 'executorch-int8',
-            'executorch-int8-all']
+            'executorch-int8-all', 'openvino-export-form', 'int8-nncf-export-form']
 PRECISION = ['eval', 'switch_to_deploy', 'bf16', 'onnx', 'openvino', 'openvino-bf16', 'int8',
              'int8-openvino', 'int8-nncf']
 # Variants that run an exported file, and the ones that need OpenVINO.
 FILE_VARIANTS = ('onnx', 'openvino', 'openvino-bf16', 'int8', 'int8-openvino', 'int8-nncf')
-OPENVINO_VARIANTS = ('openvino', 'openvino-bf16', 'int8-openvino', 'int8-nncf')
+OPENVINO_VARIANTS = ('openvino', 'openvino-bf16', 'int8-openvino', 'int8-nncf',
+                     'openvino-export-form', 'int8-nncf-export-form')
+# CAS-ViT backbone rows only: the file exported from the export-friendly form
+# (switch_to_deploy(form='export'): per-branch 1x1 convs for the channel gate, no 5-D
+# views; same weights, outputs within float rounding), run as the variant named before
+# '-export-form' is (docs/quantization.md, "Where the time goes")
+EXPORT_FORM = ('openvino-export-form', 'int8-nncf-export-form')
 # mobile runtimes: backbone rows only
 EXECUTORCH = ('executorch', 'executorch-int8', 'executorch-int8-all')
 
@@ -255,7 +267,7 @@ def fused_copy(base, variant, allow_emulated_bf16=False):
 
 
 def casvit_variants(name, base, variants, fn, batch, onnx=None, mmdeploy=None,
-                    executorch=None, allow_emulated_bf16=False, exact=None):
+                    executorch=None, allow_emulated_bf16=False, exact=None, export_form=None):
     """The requested variants of one CAS-ViT model (a backbone or a whole model).
 
     ``fn(model)`` is what is timed; ``onnx(runtime)``, if given, returns the
@@ -281,6 +293,11 @@ def casvit_variants(name, base, variants, fn, batch, onnx=None, mmdeploy=None,
         if variant in FILE_VARIANTS:
             if onnx is not None:
                 out.append(Variant(name, variant, onnx(variant), batch, baseline))
+            continue
+        if variant in EXPORT_FORM:
+            if export_form is not None:
+                out.append(Variant(name, variant, export_form(variant[:-len('-export-form')]),
+                                   batch, baseline))
             continue
         if variant == 'test.py--deploy' and isinstance(base, CASViT):
             continue  # the same as switch_to_deploy on a bare backbone
@@ -352,6 +369,17 @@ def onnx_runner(export_fp32, example, path, threads, kind='backbone', int8_calib
         run.profile = profile
         return run
     return make
+
+
+def export_form_backbone(backbone, example, path):
+    """A CAS-ViT backbone exported as :func:`casvit_mm.deploy.dispatch.export_backbone`
+    does, but from its export-friendly deploy form (``switch_to_deploy(form='export')``)."""
+    from casvit_mm.deploy.dispatch import OPSET, record_kind
+    from casvit_mm.deploy.onnx_export import export_onnx
+    model = copy.deepcopy(backbone)
+    model.switch_to_deploy(form='export')
+    export_onnx(model.eval(), example, path, dynamo=False, dynamic_batch=True, opset=OPSET)
+    return record_kind(path, 'backbone')
 
 
 def mmdeploy_export(base, hw, work_dir):
@@ -547,14 +575,14 @@ def profile(variants, top):
 
 
 def print_rows(rows):
-    header = (f'{"input":<14}{"model":<22}{"variant":<18}{"median ms":>10}{"img/s":>9}'
+    header = (f'{"input":<14}{"model":<22}{"variant":<22}{"median ms":>10}{"img/s":>9}'
               f'{"x eval":>8}{"x ov32":>8}{"x R-50":>8}{"diff":>10}')
     print(header)
     print('-' * len(header))
     nan = float('nan')
     for r in rows:
         err = r.get('max_rel_error_vs_eval', r.get('label_mismatch_vs_eval'))
-        print(f'{r["input"]:<14}{r["model"]:<22}{r["variant"]:<18}{r["median_ms"]:>10.1f}'
+        print(f'{r["input"]:<14}{r["model"]:<22}{r["variant"]:<22}{r["median_ms"]:>10.1f}'
               f'{r["images_per_s"]:>9.2f}{r.get("speedup_vs_eval", nan):>8.2f}'
               f'{r.get("speedup_vs_openvino_f32", nan):>8.2f}'
               f'{r.get("speedup_vs_resnet50", nan):>8.2f}'
@@ -573,10 +601,10 @@ def print_matrix(rows):
         cells = {(r['model'], r['variant']): r['median_ms'] for r in rows if r['input'] == group}
         models = list(dict.fromkeys(m for m, _ in cells))
         used = [v for v in variants if any((m, v) in cells for m in models)]
-        print(f'{group:<24}' + ''.join(f'{v:>17}' for v in used))
+        print(f'{group:<24}' + ''.join(f'{v:>22}' for v in used))
         for m in models:
-            print(f'{m:<24}' + ''.join(f'{cells[(m, v)]:>17.1f}' if (m, v) in cells
-                                       else f'{"-":>17}' for v in used))
+            print(f'{m:<24}' + ''.join(f'{cells[(m, v)]:>22.1f}' if (m, v) in cells
+                                       else f'{"-":>22}' for v in used))
     print(flush=True)
 
 
@@ -660,7 +688,11 @@ def main():
                                      onnx_path(f'casvit-{arch}'), args.threads,
                                      kind='backbone', int8_calib=args.int8_calib),
                     allow_emulated_bf16=emulated,
-                    executorch=mobile_runner(base, example, onnx_path(f'casvit-{arch}')))
+                    executorch=mobile_runner(base, example, onnx_path(f'casvit-{arch}')),
+                    export_form=onnx_runner(
+                        lambda p, b=base: export_form_backbone(b, example, p), example,
+                        onnx_path(f'casvit-{arch}-export-form'), args.threads,
+                        kind='backbone', int8_calib=args.int8_calib))
             for name in args.baselines:
                 model = resnet(int(name[len('resnet'):]))
                 variants += resnet_variants(
