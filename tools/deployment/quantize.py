@@ -68,9 +68,9 @@ def parse_args():
                          '(default: that of a val image after the test pipeline; smaller '
                          'images are padded bottom-right). Whole models export with dynamic '
                          'H and W and take every image at its own size',
-                         calib_images=300, calib_images_help='images to calibrate on '
-                         '(default 300, NNCF\'s own default: all training images of a '
-                         'smaller set; fewer images lost accuracy on the demos)')
+                         calib_images=None, calib_images_help='images to calibrate on '
+                         '(default: 32 for onnxruntime; 300, NNCF\'s own default, for '
+                         '--backend openvino)')
     parser.add_argument('--op-types', nargs='+', default=DEFAULT_OP_TYPES,
                         help='op types of the network to quantize (default: every op '
                         'onnxruntime quantizes)')
@@ -98,6 +98,8 @@ def parse_args():
         parser.error(f'--onnx {args.onnx!r} does not exist')
     if args.max_drop is None:
         args.max_drop = 0.01 if args.backend == 'openvino' else 0.02
+    if args.calib_images is None:  # NNCF's default subset_size; fewer lost images on the demos
+        args.calib_images = 300 if args.backend == 'openvino' else 32
     check_calibration_args(parser, args, ('calib_images', 'calib_batch', 'repeats'))
     if args.backend == 'openvino' and args.op_types != DEFAULT_OP_TYPES:
         parser.error('--op-types is onnxruntime\'s; with --backend openvino NNCF picks the '
