@@ -136,3 +136,45 @@ def test_bf16_whole_model_keeps_float_outside_the_network(config):
     assert result.bboxes.dtype == torch.float32 and result.scores.dtype == torch.float32
     if 'mask_rcnn' in config:
         assert 'masks' in result
+
+
+def load_benchmark():
+    """tools/analysis_tools/benchmark.py as a module (a script, not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'benchmark', osp.join(REPO, 'tools', 'analysis_tools', 'benchmark.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_form_file_matches_deploy_form_file(tmp_path):
+    """The benchmark's ``*-export-form`` variants time a file exported from the
+    export-friendly form; it must compute what the deploy form's file computes
+    (float rounding: 1e-6 of the output scale measured, stated 1e-5), in
+    OpenVINO at the f32 hint as those variants run it."""
+    pytest.importorskip('openvino')
+    from casvit_mm.deploy.dispatch import export_backbone
+    from casvit_mm.deploy.nncf_int8 import compile_openvino, run_compiled
+    from casvit_mm.deploy.ort_quantization import read_kind
+    benchmark = load_benchmark()
+    torch.manual_seed(0)
+    model = random_bn(CASViT('xs', out_indices=(0, 1, 2, 3))).eval()
+    x = torch.randn(2, 3, 64, 64)
+    deploy = export_backbone(model, x, str(tmp_path / 'deploy.onnx'))
+    export = benchmark.export_form_backbone(model, x, str(tmp_path / 'export.onnx'))
+    assert read_kind(export) == 'backbone' and not model.deploy  # the model is not changed
+    outputs = [run_compiled(compile_openvino(path, 1, input_shape=x.shape), x)
+               for path in (deploy, export)]
+    assert len(outputs[0]) == len(outputs[1]) == 4
+    assert relative_error(outputs[0], outputs[1]) < 1e-5
+
+
+def test_benchmark_resnet_retinanets_come_from_mmdet():
+    """The whole-RetinaNet rows' ResNet detectors are mmdet's own configs: they
+    exist in the installed mmdet and build ResNet-18 / ResNet-50 RetinaNets."""
+    from mmengine.config import Config
+    benchmark = load_benchmark()
+    for name, depth in (('resnet18', 18), ('resnet50', 50)):
+        cfg = Config.fromfile(benchmark.mmdet_config(benchmark.RESNET_RETINANETS[name]))
+        assert cfg.model.type == 'RetinaNet' and cfg.model.backbone.depth == depth

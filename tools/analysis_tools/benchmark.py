@@ -61,6 +61,12 @@ Variants (--variants), each from the same random weights:
                      (casvit_mm.deploy.nncf_int8, what quantize.py --backend openvino
                      writes), calibrated on --int8-calib random inputs, run with the
                      f32 hint
+  openvino-export-form, int8-nncf-export-form
+                     CAS-ViT backbone rows: the same as openvino / int8-nncf on a file
+                     exported from the export-friendly form of the deployed backbone
+                     (switch_to_deploy(form='export'), what the mobile exporters take:
+                     the channel gate as per-branch 1x1 convolutions, no 5-D views);
+                     same weights, outputs equal to float rounding
   precision          shorthand for: eval switch_to_deploy bf16 onnx openvino
                      openvino-bf16 int8 int8-openvino int8-nncf
 Every ONNX variant of a model runs the same file (the dispatch's: TorchScript
@@ -71,7 +77,11 @@ Rows:
   fp32 ones, bf16, and every ONNX / OpenVINO one). Whole models (--models)
   built from configs/ with random weights: RetinaNet and Mask R-CNN run
   ``test_step`` on one 800x1344 image (data preprocessor, network,
-  post-processing with NMS: what tools/test.py runs per image); Semantic FPN
+  post-processing with NMS: what tools/test.py runs per image), and with
+  RetinaNet mmdet's own ResNet-18 and ResNet-50 RetinaNets (its config files
+  retinanet_r18_fpn_1x_coco / retinanet_r50_fpn_1x_coco, random weights, the
+  --baselines) in the same round-robin and variants (eval, bf16, every file
+  variant, mmdeploy); Semantic FPN
   maps a normalised 512x512 image to its label map (mmseg's ``encode_decode``:
   network, resize to the input; argmax). Eval and deploy differ only in the backbone (and,
   with test.py--deploy, the FPN lateral convs that absorb its output norms).
@@ -93,6 +103,9 @@ Examples:
   # every precision in every runtime, CAS-ViT-M against ResNet-18/50 (docs/quantization.md)
   python tools/analysis_tools/benchmark.py --variants precision --models retinanet \
       --json work_dirs/benchmark_precision.json
+  # whole RetinaNet only: CAS-ViT-M against mmdeploy-exported ResNet-18/50 RetinaNets
+  python tools/analysis_tools/benchmark.py --inputs none --models retinanet \
+      --variants precision --model-repeats 3 --warmup 1
 """
 import argparse
 import copy
@@ -117,15 +130,24 @@ from casvit_mm.deploy.onnx_export import onnxruntime_session, run_onnxruntime
 VARIANTS = ['eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy', 'nchw', 'compile',
             'freezing', 'bf16', 'onnx', 'openvino', 'openvino-bf16', 'int8', 'int8-openvino',
             'int8-nncf', 'mmdeploy', 'onnx-exact', 'executorch', 'executorch-int8',
-            'executorch-int8-all']
+            'executorch-int8-all', 'openvino-export-form', 'int8-nncf-export-form']
 PRECISION = ['eval', 'switch_to_deploy', 'bf16', 'onnx', 'openvino', 'openvino-bf16', 'int8',
              'int8-openvino', 'int8-nncf']
 # Variants that run an exported file, and the ones that need OpenVINO.
 FILE_VARIANTS = ('onnx', 'openvino', 'openvino-bf16', 'int8', 'int8-openvino', 'int8-nncf')
-OPENVINO_VARIANTS = ('openvino', 'openvino-bf16', 'int8-openvino', 'int8-nncf')
+OPENVINO_VARIANTS = ('openvino', 'openvino-bf16', 'int8-openvino', 'int8-nncf',
+                     'openvino-export-form', 'int8-nncf-export-form')
+# CAS-ViT backbone rows only: the file exported from the export-friendly form
+# (switch_to_deploy(form='export'): per-branch 1x1 convs for the channel gate, no 5-D
+# views; same weights, outputs within float rounding), run as the variant named before
+# '-export-form' is (docs/quantization.md, "Where the time goes")
+EXPORT_FORM = ('openvino-export-form', 'int8-nncf-export-form')
 # mobile runtimes: backbone rows only
 EXECUTORCH = ('executorch', 'executorch-int8', 'executorch-int8-all')
 
+# mmdet's own RetinaNets with the baselines' backbones (its config files, random weights)
+RESNET_RETINANETS = {'resnet18': 'retinanet/retinanet_r18_fpn_1x_coco.py',
+                     'resnet50': 'retinanet/retinanet_r50_fpn_1x_coco.py'}
 MODEL_CONFIGS = {
     'retinanet': 'configs/detection/retinanet_casvit_{arch}.py',
     'mask_rcnn': 'configs/detection/mask_rcnn_casvit_{arch}.py',
@@ -245,7 +267,7 @@ def fused_copy(base, variant, allow_emulated_bf16=False):
 
 
 def casvit_variants(name, base, variants, fn, batch, onnx=None, mmdeploy=None,
-                    executorch=None, allow_emulated_bf16=False, exact=None):
+                    executorch=None, allow_emulated_bf16=False, exact=None, export_form=None):
     """The requested variants of one CAS-ViT model (a backbone or a whole model).
 
     ``fn(model)`` is what is timed; ``onnx(runtime)``, if given, returns the
@@ -271,6 +293,11 @@ def casvit_variants(name, base, variants, fn, batch, onnx=None, mmdeploy=None,
         if variant in FILE_VARIANTS:
             if onnx is not None:
                 out.append(Variant(name, variant, onnx(variant), batch, baseline))
+            continue
+        if variant in EXPORT_FORM:
+            if export_form is not None:
+                out.append(Variant(name, variant, export_form(variant[:-len('-export-form')]),
+                                   batch, baseline))
             continue
         if variant == 'test.py--deploy' and isinstance(base, CASViT):
             continue  # the same as switch_to_deploy on a bare backbone
@@ -343,6 +370,17 @@ def onnx_runner(export_fp32, example, path, threads, kind='backbone', int8_calib
     return make
 
 
+def export_form_backbone(backbone, example, path):
+    """A CAS-ViT backbone exported as :func:`casvit_mm.deploy.dispatch.export_backbone`
+    does, but from its export-friendly deploy form (``switch_to_deploy(form='export')``)."""
+    from casvit_mm.deploy.dispatch import OPSET, record_kind
+    from casvit_mm.deploy.onnx_export import export_onnx
+    model = copy.deepcopy(backbone)
+    model.switch_to_deploy(form='export')
+    export_onnx(model.eval(), example, path, dynamo=False, dynamic_batch=True, opset=OPSET)
+    return record_kind(path, 'backbone')
+
+
 def mmdeploy_export(base, hw, work_dir):
     """``base`` (random weights) exported through the dispatch (mmdeploy, dynamic
     H/W, onnxruntime) from an ``hw`` image."""
@@ -412,6 +450,60 @@ def resnet(depth):
     return model
 
 
+def mmdet_config(path):
+    """A config file shipped inside the installed mmdet (``retinanet/...``)."""
+    import mmdet
+    full = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs', path)
+    if not osp.isfile(full):
+        raise SystemExit(f'{path} not found in the installed mmdet ({full}): the whole '
+                         f'ResNet RetinaNet rows need mmdet >= 3.0 installed with its configs')
+    return full
+
+
+def detector_variants(name, base, kind, args, det_hw, onnx_path, resnet=False,
+                      allow_emulated_bf16=False):
+    """The requested variants of a whole detector (random weights) on one
+    ``det_hw`` image: ``test_step`` in PyTorch, the dispatch's file (mmdeploy's,
+    image -> boxes after NMS) in every runtime and precision. ``resnet``: one of
+    mmdet's ResNet detectors, in the variants that apply to it (eval, bf16, the file
+    variants, mmdeploy)."""
+    data = detector_data(det_hw)
+    loaded = data['inputs'][0][None].float()  # as loaded: the exact graph's input
+    with torch.no_grad():
+        preprocessed = base.data_preprocessor(copy.deepcopy(data))['inputs']
+    work, exported = onnx_path(name)[:-5], {}
+
+    def det_export():
+        if not exported:  # one file for the onnx, int8 and mmdeploy variants
+            exported['file'] = mmdeploy_export(base, det_hw, work)
+        return exported['file']
+
+    task = 'instance-seg' if kind == 'mask_rcnn' else 'detection'
+    onnx = onnx_runner(lambda p: det_export().onnx, preprocessed,
+                       osp.join(work, 'end2end.onnx'), args.threads, kind=task,
+                       int8_calib=args.int8_calib)
+    mmdeploy = mmdeploy_runner(det_export(), data, args.threads) if (
+        'mmdeploy' in args.variants) else None
+    if resnet:
+        baseline = (name, 'eval')
+        variants = [Variant(name, 'eval', lambda: base.test_step(data), 1, baseline)]
+        if 'bf16' in args.variants:  # weights and activations, as for CAS-ViT
+            bf16 = to_bf16(copy.deepcopy(base), allow_emulated_bf16)
+            variants.append(Variant(name, 'bf16', lambda: bf16.test_step(data), 1, baseline))
+        variants += [Variant(name, v, onnx(v), 1, baseline) for v in args.variants
+                     if v in FILE_VARIANTS]
+        if mmdeploy is not None:
+            variants.append(Variant(name, 'mmdeploy', mmdeploy, 1, baseline))
+    else:
+        exact = exact_runner(base, loaded, onnx_path(name + '_exact'), args.threads)
+        variants = casvit_variants(
+            name, base, args.variants, lambda m: m.test_step(data), 1, onnx=onnx,
+            mmdeploy=mmdeploy, allow_emulated_bf16=allow_emulated_bf16, exact=exact)
+    for v in variants:
+        v.compare = False  # detections: thresholds make a diff meaningless
+    return variants
+
+
 def detector_data(hw):
     """One packed image as tools/test.py would feed it (no ground truth)."""
     from mmdet.testing import demo_mm_inputs
@@ -438,8 +530,10 @@ def summarise(group, variants, outputs):
             row['speedup_vs_openvino_f32'] = round(medians[(v.model, 'openvino')] / med, 3)
         # ResNet-50 in the same runtime and precision (eval: its PyTorch fp32, which
         # deploy mode's fp32 rows are compared with too)
-        r50 = medians.get(('resnet50', v.variant)) or (
-            medians.get(('resnet50', 'eval')) if v.variant in (
+        # (whole RetinaNets: mmdet's ResNet-50 RetinaNet)
+        r50_name = 'retinanet-resnet50' if v.model.startswith('retinanet-') else 'resnet50'
+        r50 = medians.get((r50_name, v.variant)) or (
+            medians.get((r50_name, 'eval')) if v.variant in (
                 'eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy', 'nchw',
                 'compile', 'freezing') else None)
         if r50 is not None:
@@ -480,14 +574,14 @@ def profile(variants, top):
 
 
 def print_rows(rows):
-    header = (f'{"input":<14}{"model":<22}{"variant":<18}{"median ms":>10}{"img/s":>9}'
+    header = (f'{"input":<14}{"model":<22}{"variant":<22}{"median ms":>10}{"img/s":>9}'
               f'{"x eval":>8}{"x ov32":>8}{"x R-50":>8}{"diff":>10}')
     print(header)
     print('-' * len(header))
     nan = float('nan')
     for r in rows:
         err = r.get('max_rel_error_vs_eval', r.get('label_mismatch_vs_eval'))
-        print(f'{r["input"]:<14}{r["model"]:<22}{r["variant"]:<18}{r["median_ms"]:>10.1f}'
+        print(f'{r["input"]:<14}{r["model"]:<22}{r["variant"]:<22}{r["median_ms"]:>10.1f}'
               f'{r["images_per_s"]:>9.2f}{r.get("speedup_vs_eval", nan):>8.2f}'
               f'{r.get("speedup_vs_openvino_f32", nan):>8.2f}'
               f'{r.get("speedup_vs_resnet50", nan):>8.2f}'
@@ -506,10 +600,10 @@ def print_matrix(rows):
         cells = {(r['model'], r['variant']): r['median_ms'] for r in rows if r['input'] == group}
         models = list(dict.fromkeys(m for m, _ in cells))
         used = [v for v in variants if any((m, v) in cells for m in models)]
-        print(f'{group:<24}' + ''.join(f'{v:>17}' for v in used))
+        print(f'{group:<24}' + ''.join(f'{v:>22}' for v in used))
         for m in models:
-            print(f'{m:<24}' + ''.join(f'{cells[(m, v)]:>17.1f}' if (m, v) in cells
-                                       else f'{"-":>17}' for v in used))
+            print(f'{m:<24}' + ''.join(f'{cells[(m, v)]:>22.1f}' if (m, v) in cells
+                                       else f'{"-":>22}' for v in used))
     print(flush=True)
 
 
@@ -593,7 +687,11 @@ def main():
                                      onnx_path(f'casvit-{arch}'), args.threads,
                                      kind='backbone', int8_calib=args.int8_calib),
                     allow_emulated_bf16=emulated,
-                    executorch=mobile_runner(base, example, onnx_path(f'casvit-{arch}')))
+                    executorch=mobile_runner(base, example, onnx_path(f'casvit-{arch}')),
+                    export_form=onnx_runner(
+                        lambda p, b=base: export_form_backbone(b, example, p), example,
+                        onnx_path(f'casvit-{arch}-export-form'), args.threads,
+                        kind='backbone', int8_calib=args.int8_calib))
             for name in args.baselines:
                 model = resnet(int(name[len('resnet'):]))
                 variants += resnet_variants(
@@ -610,6 +708,7 @@ def main():
             run('x'.join(map(str, shape)), variants, args.repeats)
 
         for kind in models:
+            variants = []  # a detector's CAS-ViT sizes and ResNets: one round-robin
             for arch in args.arch:
                 name = f'{kind}-casvit-{arch}'
                 base = build_model(osp.join(REPO, MODEL_CONFIGS[kind].format(arch=arch)))
@@ -618,44 +717,29 @@ def main():
                     image = image * 4 - 2
                     metas = [dict(img_shape=seg_hw, pad_shape=seg_hw, ori_shape=seg_hw)]
                     work = onnx_path(name)[:-5]
-                    variants = casvit_variants(
+                    seg_variants = casvit_variants(
                         name, base, args.variants,
                         lambda m: m.encode_decode(image, metas).argmax(1, keepdim=True), 1,
                         onnx=onnx_runner(lambda p: mmdeploy_export(base, seg_hw, work).onnx,
                                          image, osp.join(work, 'end2end.onnx'), args.threads,
                                          kind='segmentation', int8_calib=args.int8_calib),
                         allow_emulated_bf16=emulated)
-                    for v in variants:  # label maps: compare the fraction of pixels
+                    for v in seg_variants:  # label maps: compare the fraction of pixels
                         v.compare = 'labels'
-                    run('x'.join(map(str, image.shape)), variants, args.model_repeats)
+                    run('x'.join(map(str, image.shape)), seg_variants, args.model_repeats)
                     continue
                 # detectors: test_step (preprocessing, network, post-processing)
-                data = detector_data(det_hw)
-                loaded = data['inputs'][0][None].float()  # as loaded: the exact graph's input
-                with torch.no_grad():
-                    preprocessed = base.data_preprocessor(copy.deepcopy(data))['inputs']
-                work, exported = onnx_path(name)[:-5], {}
-
-                def det_export(_=None, base=base, work=work, exported=exported):
-                    if not exported:  # one file for the onnx, int8 and mmdeploy variants
-                        exported['file'] = mmdeploy_export(base, det_hw, work)
-                    return exported['file']
-
-                task = 'instance-seg' if kind == 'mask_rcnn' else 'detection'
-                onnx = onnx_runner(lambda p: det_export().onnx, preprocessed,
-                                   osp.join(work, 'end2end.onnx'), args.threads, kind=task,
-                                   int8_calib=args.int8_calib)
-                exact = exact_runner(base, loaded, onnx_path(name + '_exact'), args.threads)
-                mmdeploy = None
-                if 'mmdeploy' in args.variants:
-                    mmdeploy = mmdeploy_runner(det_export(), data, args.threads)
-                variants = casvit_variants(
-                    name, base, args.variants,
-                    lambda m: m.test_step(data), 1, onnx=onnx, mmdeploy=mmdeploy,
-                    allow_emulated_bf16=emulated, exact=exact)
-                for v in variants:
-                    v.compare = False  # detections: thresholds make a diff meaningless
-                run('1x3x' + 'x'.join(map(str, det_hw)), variants, args.model_repeats)
+                variants += detector_variants(
+                    name, base, kind, args, det_hw, onnx_path, allow_emulated_bf16=emulated)
+            if kind == 'fpn':
+                continue
+            if kind == 'retinanet':  # mmdet's own ResNet RetinaNets, in the same round-robin
+                for resnet_name in args.baselines:
+                    name = f'retinanet-{resnet_name}'
+                    variants += detector_variants(
+                        name, build_model(mmdet_config(RESNET_RETINANETS[resnet_name])), kind,
+                        args, det_hw, onnx_path, resnet=True, allow_emulated_bf16=emulated)
+            run('1x3x' + 'x'.join(map(str, det_hw)), variants, args.model_repeats)
     meta['loadavg_end'] = loadavg()
     meta['openvino_effective_precision'] = EFFECTIVE_PRECISION
     if EFFECTIVE_PRECISION:
