@@ -64,7 +64,9 @@ MISSING_ROOT = [
     # config, the option that moves its data, what the message must show
     (RETINA, ['train_dataloader.dataset.data_root={root}/'],
      ['annotations/instances_train2017.json', 'train2017/', 'make_toy_coco.py']),
-    (SEG, ['train_dataloader.dataset.data_root={root}'],
+    # every split moved: the message lists each missing split's layout, whether or not
+    # the toy set was generated in this checkout (make demo-seg)
+    (SEG, [f'{split}_dataloader.dataset.data_root={{root}}' for split in ('train', 'val', 'test')],
      ["'images/training'", "'annotations/validation'", 'make_toy_ade.py']),
     (CLS, ['train_dataloader.dataset.data_root={root}'],
      ["data_prefix='train'", 'make_toy_imagenet.py']),
