@@ -317,3 +317,24 @@ def test_nncf_keeps_retinanet_post_processing_float(retina_fp32, tmp_path):
     dets, labels = run_compiled(compile_openvino(int8, threads=1, input_shape=image.shape),
                                 image)
     assert dets.shape[0] == 1 and dets.shape[2] == 5 and np.isfinite(dets).all()
+
+
+def test_metric_drop_checks_losses_or_both_ways_on_headline_metrics_only():
+    """The one comparison of quantize.py, bf16_eval.py and export_onnx.py --eval: an int8
+    file may gain, an exported file (parity) may not differ either way; per-size APs
+    are printed, not checked."""
+    from casvit_mm.deploy.accuracy import metric_drop
+    reference = {'coco/bbox_mAP': 0.500, 'coco/bbox_mAP_75': 0.400, 'classwise': 'table'}
+    gained = {'coco/bbox_mAP': 0.510, 'coco/bbox_mAP_75': 0.100, 'classwise': 'table'}
+    lost = {'coco/bbox_mAP': 0.490, 'coco/bbox_mAP_75': 0.400, 'classwise': 'table'}
+    lines = []
+    assert metric_drop(reference, gained, max_drop=0.005, print_fn=lines.append) == (True, 0.)
+    assert 'bbox_mAP_75' in ''.join(lines) and lines[-1].startswith('OK')
+    ok, worst = metric_drop(reference, gained, max_drop=0.005, both_ways=True,
+                            print_fn=lines.append)
+    assert not ok and worst == pytest.approx(0.01) and 'largest difference' in lines[-1]
+    ok, worst = metric_drop(reference, lost, max_drop=0.005, print_fn=lines.append)
+    assert not ok and worst == pytest.approx(0.01) and lines[-1].startswith('FAIL')
+    # percent-scale metrics (mmseg, mmpretrain) compared on the 0-1 scale
+    assert metric_drop({'mIoU': 90.0}, {'mIoU': 89.6}, scale=100., max_drop=0.005,
+                       print_fn=lines.append)[0]

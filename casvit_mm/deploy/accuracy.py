@@ -42,16 +42,18 @@ def evaluate_models(models, cfg):
 
 
 def metric_drop(reference, low, scale=1., names=('fp32', 'int8'), max_drop=0.02,
-                print_fn=print):
+                print_fn=print, both_ways=False):
     """Print both metrics and their difference; return ``(ok, worst loss)``.
 
     ``scale``: what the metrics are divided by to be on the 0-1 scale (100
     for mmseg and mmpretrain, which report percent). The loss is checked on
-    :data:`HEADLINE` metrics only; per-class tables are skipped.
+    :data:`HEADLINE` metrics only; per-class tables are skipped. ``both_ways``:
+    a parity check (an exported file against PyTorch), where a gain counts as
+    much as a loss.
     """
     worst, checked = 0., []
     a, b = names
-    print_fn(f'{"metric":<28}{a:>10}{b:>10}{f"{b} - {a}":>14}')
+    print_fn(f'{"metric":<28}{a:>10}{b:>10} {f"{b} - {a}":>13}')
     for key, value in reference.items():
         try:  # scalars only (mmseg's are numpy floats)
             value, other = float(value), float(low[key])
@@ -60,10 +62,10 @@ def metric_drop(reference, low, scale=1., names=('fp32', 'int8'), max_drop=0.02,
         drop = (value - other) / scale
         headline = key.endswith(HEADLINE)
         if headline:
-            worst, checked = max(worst, drop), checked + [key]
+            worst, checked = max(worst, abs(drop) if both_ways else drop), checked + [key]
         print_fn(f'{key:<28}{value / scale:>10.4f}{other / scale:>10.4f}{-drop:>+14.4f}'
                  f'{"" if headline else "  (not checked)"}')
     ok = worst <= max_drop
-    print_fn(f'{"OK  " if ok else "FAIL"} largest loss {worst:.4f} on {", ".join(checked)} '
-             f'(allowed {max_drop:g})')
+    print_fn(f'{"OK  " if ok else "FAIL"} largest {"difference" if both_ways else "loss"} '
+             f'{worst:.4f} on {", ".join(checked)} (allowed {max_drop:g})')
     return ok, worst

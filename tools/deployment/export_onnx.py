@@ -48,7 +48,7 @@ import torch
 from mmengine.config import Config, DictAction
 
 from casvit_mm import CASViT
-from casvit_mm.cli import build_model, relative_error
+from casvit_mm.cli import build_model, codebase, relative_error
 from casvit_mm.deploy.dispatch import exact_graph, export_backbone
 from casvit_mm.deploy.onnx_export import (export_onnx, matched_pairs, onnxruntime_session,
                                           run_onnxruntime)
@@ -241,21 +241,11 @@ def check_mmdeploy(config, model, args):
 def evaluate(cfg, model, deployed, what):
     """PyTorch and the deployed model on the config's test split, with its evaluator:
     each headline metric, and whether they are within 0.005 (on the 0-1 scale)."""
-    from casvit_mm.deploy.accuracy import HEADLINE, evaluate_models
+    from casvit_mm.deploy.accuracy import evaluate_models, metric_drop
     reference, other = evaluate_models([model, deployed], cfg)
-    ok = True
-    print(f'{"metric":<28}{"PyTorch":>10}{what:>10}')
-    for key in reference:
-        try:
-            a, b = float(reference[key]), float(other[key])
-        except (TypeError, ValueError, KeyError):
-            continue
-        scale = 100. if key.endswith(('mIoU', 'top1')) else 1.  # mmseg, mmpretrain: percent
-        checked = key.endswith(HEADLINE)
-        ok = ok and (not checked or abs(a - b) / scale <= 0.005)
-        print(f'{key:<28}{a / scale:>10.4f}{b / scale:>10.4f}{"" if checked else "  (not checked)"}')
-    print(f'{"OK  " if ok else "FAIL"} {what} within 0.005 of PyTorch on every checked metric',
-          flush=True)
+    scale = 1. if codebase(cfg) == 'mmdet' else 100.  # mmseg and mmpretrain report percent
+    ok, _ = metric_drop(reference, other, scale, names=('PyTorch', what), max_drop=0.005,
+                        both_ways=True)
     return ok
 
 
