@@ -13,8 +13,9 @@ config, backend and shape mode, and calls mmdeploy's own API:
 
 ``export`` is ``mmdeploy.apis.torch2onnx`` (plus ``mmdeploy.apis.utils.to_backend``
 for OpenVINO's IR); ``casvit_mm`` patches mmdeploy for torch >= 2.9 and turns the
-CAS-ViT into its fused deploy form at export
-(:mod:`casvit_mm.deploy.mmdeploy_compat`).
+CAS-ViT into its deploy form for exporters at export
+(``switch_model_to_deploy(form='export')``, :mod:`casvit_mm.deploy.mmdeploy_compat`).
+Every file written here holds that form: the fused weights as plain 4-D ops.
 
 The table ``TASKS`` (codebase -> deploy-config folder) and :func:`task_of` are the
 whole dispatch; other exporters (mobile runtimes, other quantizers) call
@@ -209,8 +210,8 @@ def exported_file(model_cfg, path: str, backend: Optional[str] = None,
 
 def export_backbone(backbone, example, path: str, dynamo: bool = False) -> str:
     """A backbone alone (mmdeploy exports whole models only): a CAS-ViT in its
-    deploy form (``switch_model_to_deploy``, NCHW weights; the module given is
-    not changed), any other backbone (the benchmark's ResNets) as it is; at
+    deploy form for exporters (``switch_model_to_deploy(form='export')``, NCHW
+    weights; the module given is not changed), any other backbone (the benchmark's ResNets) as it is; at
     ``example``'s image size, batch dynamic unless ``dynamo``, opset
     :data:`OPSET`, the kind ``'backbone'`` recorded. ``dynamo=True``: the
     ``torch.export``-based exporter instead of the TorchScript one (which names
@@ -222,7 +223,7 @@ def export_backbone(backbone, example, path: str, dynamo: bool = False) -> str:
     from .onnx_export import export_onnx
     deployed = copy.deepcopy(backbone)
     if any(isinstance(m, CASViT) for m in deployed.modules()):
-        deployed = switch_model_to_deploy(deployed, channels_last=False)
+        deployed = switch_model_to_deploy(deployed, channels_last=False, form='export')
     export_onnx(deployed, example, path, dynamo=dynamo, dynamic_batch=not dynamo, opset=OPSET)
     return record_kind(path, 'backbone')
 
@@ -231,8 +232,8 @@ def exact_graph(model):
     """The hand-written whole-model graph kept for what mmdeploy's files do not do
     (mmdet's exact candidate selection, the data preprocessor inside: images as
     loaded in; docs/deploy.md): ``DetectorEnd2End`` for single-stage anchor heads
-    (RetinaNet), ``MaskRCNNEnd2End`` for Mask R-CNN, on the deployed (NCHW) copy of
-    ``model``. Anything else raises: export it with :func:`export`."""
+    (RetinaNet), ``MaskRCNNEnd2End`` for Mask R-CNN, on a copy of ``model``
+    deployed in the export form, as every file of this module. Anything else raises: export it with :func:`export`."""
     import copy
 
     from .switch import switch_model_to_deploy
@@ -245,7 +246,8 @@ def exact_graph(model):
         raise ValueError(f'{type(model).__name__}: no hand-written graph (only RetinaNet and '
                          f'Mask R-CNN keep one); mmdeploy\'s file gives the same results: '
                          f'export it without --wrappers')
-    return wrapper(switch_model_to_deploy(copy.deepcopy(model), channels_last=False))
+    return wrapper(switch_model_to_deploy(copy.deepcopy(model), channels_last=False,
+                                          form='export'))
 
 
 def backend_model(exported: Exported, device: str = 'cpu', clip_boxes: bool = True,

@@ -44,10 +44,14 @@ mmdeploy's last release (1.3.1) predates torch 2.9. Two things it calls changed:
 
 And one hook, not a fix: mmdeploy's ``BaseTask.build_pytorch_model`` already calls
 ``model.backbone.switch_to_deploy()`` (it does so for RepVGG / MobileOne); the hook
-then runs :func:`casvit_mm.switch_model_to_deploy` on models with a CAS-ViT, so the
-exported graph also has the backbone's output norms folded into an FPN where that
-is exact, and NCHW weights (the channels-last fused oneDNN kernels never run while
-tracing; NCHW keeps the traced graph free of layout conversions).
+then runs :func:`casvit_mm.switch_model_to_deploy` with ``form='export'`` on models
+with a CAS-ViT, so the exported graph also has the backbone's output norms folded
+into an FPN where that is exact, and every CAS-ViT in its export form: NCHW
+weights (the channels-last fused oneDNN kernels never run while tracing; NCHW
+keeps the traced graph free of layout conversions), plain 4-D ops (q, k and the
+channel gates as separate 1x1 convolutions: no 5-D reshapes, no channel-gate
+MatMul), which OpenVINO runs 1.1-1.16x faster than the fused form's graph, with the
+same outputs to float rounding (docs/quantization.md).
 
 When it applies: ``import casvit_mm`` (what the docs and ``custom_imports`` do)
 calls :func:`install`, which patches at once if mmdeploy is imported already and
@@ -207,7 +211,8 @@ def _rewrite_rtmdet_clip():
 
 
 def _deploy_hook():
-    """After mmdeploy builds the PyTorch model: the whole-model CAS-ViT deploy switch."""
+    """After mmdeploy builds the PyTorch model: the whole-model CAS-ViT deploy switch,
+    to the export form."""
     from mmdeploy.codebase.base.task import BaseTask
     original = BaseTask.build_pytorch_model
     if getattr(original, '_casvit_mmdeploy_patch', False):
@@ -218,7 +223,7 @@ def _deploy_hook():
         from ..models import CASViT
         from .switch import switch_model_to_deploy
         if any(isinstance(m, CASViT) for m in model.modules()):
-            switch_model_to_deploy(model, channels_last=False)
+            switch_model_to_deploy(model, channels_last=False, form='export')
         return model
 
     build_pytorch_model.__doc__ = original.__doc__

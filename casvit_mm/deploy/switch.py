@@ -9,6 +9,13 @@ quantization), folds the backbone's output norms into an FPN's 1x1 lateral convs
 (:func:`fold_output_norms_into_fpn`: two models' parts at once) and optionally
 compiles or runs in bf16 (:mod:`.bf16`). ``from casvit_mm import
 switch_model_to_deploy`` is the same function.
+
+Two forms, the same outputs up to float rounding: ``form='fused'`` (the default:
+channels-last weights and fused oneDNN kernels, the fast path in eager PyTorch)
+and ``form='export'`` (plain 4-D NCHW ops, q/k and the channel gates as separate
+1x1 convolutions, output norms left unfolded as depthwise 1x1 convolutions:
+what every exporter of the package traces, because ONNX runtimes, OpenVINO and
+the mobile compilers run it faster or take it whole; docs/quantization.md).
 """
 from typing import List, Union
 
@@ -19,7 +26,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..models.casvit import CASViT
 from ..models.fusion import fold_bn_into_next_1x1
 
-__all__ = ['switch_model_to_deploy', 'fold_output_norms_into_fpn']
+__all__ = ['FORMS', 'switch_model_to_deploy', 'fold_output_norms_into_fpn']
+
+# ``CASViT.switch_to_deploy``'s forms: 'fused' for eager PyTorch, 'export' for exporters
+FORMS = ('fused', 'export')
 
 
 def _fpn_consumers(neck, num_outs):
@@ -80,7 +90,8 @@ def switch_model_to_deploy(model: nn.Module,
                            fold_output_norms: bool = True,
                            channels_last: bool = True,
                            bf16: bool = False,
-                           allow_emulated_bf16: bool = False) -> nn.Module:
+                           allow_emulated_bf16: bool = False,
+                           form: str = 'fused') -> nn.Module:
     """Switch every ``CASViT`` inside ``model`` to deploy mode; return ``model`` in eval mode.
 
     The whole-model form of ``backbone.switch_to_deploy()``: it runs exactly
@@ -115,7 +126,21 @@ def switch_model_to_deploy(model: nn.Module,
             AMX-BF16 unless ``allow_emulated_bf16``. Defaults to False.
         allow_emulated_bf16 (bool): With ``bf16``, run on a CPU that only
             emulates bf16 (slow: to measure the accuracy cost anywhere).
+        form (str): ``'fused'`` (default: the fast path in eager PyTorch) or
+            ``'export'``: every CAS-ViT then goes on to
+            ``switch_to_deploy(form='export')`` (after the FPN has absorbed
+            what output norms it can; the others become depthwise 1x1
+            convolutions), NCHW weights whatever ``channels_last`` says. What
+            every ONNX / OpenVINO / mobile export of this package traces: plain
+            4-D ops, faster in OpenVINO (docs/quantization.md), slower in eager
+            PyTorch. Not with ``compile`` or ``bf16`` (both run the fused
+            kernels). Defaults to 'fused'.
     """
+    if form not in FORMS:
+        raise ValueError(f'form must be one of {FORMS}, got {form!r}')
+    if form == 'export' and (compile or bf16):
+        raise ValueError("form='export' is for exporters: compile and bf16 run the fused "
+                         "form (form='fused')")
     if bf16:  # refuse before changing anything
         from .bf16 import check_bf16
         check_bf16(allow_emulated_bf16)
@@ -126,13 +151,16 @@ def switch_model_to_deploy(model: nn.Module,
         raise ValueError(f'switch_model_to_deploy found no CASViT inside '
                          f'{type(model).__name__}: deploy mode applies to CAS-ViT models only.')
     for backbone in backbones:
-        backbone.switch_to_deploy()
+        if backbone.deploy_form != 'export':  # fused first: the FPN folds BatchNorms
+            backbone.switch_to_deploy()  # (an export-form one asked for 'fused' raises below)
         if not channels_last:
             backbone.to(memory_format=torch.contiguous_format)
     neck = getattr(inner, 'neck', None)
     if (fold_output_norms and isinstance(getattr(inner, 'backbone', None), CASViT)
             and isinstance(neck, nn.Module)):
         fold_output_norms_into_fpn(inner.backbone, neck)
+    for backbone in backbones:
+        backbone.switch_to_deploy(form=form)
     if compile:
         if compile == 'freezing':
             kwargs = dict(options={'freezing': True})
