@@ -34,6 +34,7 @@ from casvit_mm.deploy.parity import (classification_agreement, detection_agreeme
                                      segmentation_agreement)
 from casvit_mm.toy_data.coco import cfg_options, make_toy_coco
 from helpers import ONE_THREAD, REPO
+from helpers_onnx import export_form_problems
 
 RETINA_TOY = osp.join(REPO, 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py')
 MASK_RCNN_TOY = osp.join(REPO, 'configs/detection/toy/mask_rcnn_casvit_xs_toy-shapes.py')
@@ -291,14 +292,17 @@ def retinanet_dynamic(trained_retinanet, example_image, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_exported_graph_is_the_fused_casvit(retinanet_dynamic):
-    """BN folded (no BatchNormalization left but the output norm RetinaNet keeps),
-    GELU one node (opset 20), no private mkldnn kernels, dynamic H and W."""
+def test_exported_graph_is_the_casvit_export_form(retinanet_dynamic):
+    """BN folded (no BatchNormalization left: the output norm RetinaNet keeps,
+    norm3, is a depthwise 1x1 convolution), GELU one node (opset 20), the export
+    form (q/k and the channel gates per branch, no 5-D views, no MatMul), no
+    private mkldnn kernels, dynamic H and W."""
     proto = onnx.load(retinanet_dynamic.onnx)
     ops = [n.op_type for n in proto.graph.node]
     assert max(o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')) >= 20
-    assert ops.count('Gelu') == 20  # one per CAS-ViT-XS block
-    assert ops.count('BatchNormalization') <= 1  # RetinaNet keeps norm3 (docs/deploy.md)
+    assert ops.count('Gelu') == 20  # two per CAS-ViT-XS block
+    assert ops.count('BatchNormalization') == 0
+    assert not export_form_problems(retinanet_dynamic.onnx, blocks=10)
     assert not [n for n in proto.graph.node if 'mkldnn' in n.op_type.lower() or n.domain
                 not in ('', 'ai.onnx', 'mmdeploy')]
     dims = proto.graph.input[0].type.tensor_type.shape.dim
@@ -521,6 +525,7 @@ def test_semantic_fpn(backend, shape, tmp_path):
                       seg_images([(96, 128)])[0], input_shape=input_shape)
     model = build_model(cfg, checkpoint)
     sizes = [(96, 128)] + ([] if shape == 'static' else SEG_SIZES)  # static: one size
+    assert not export_form_problems(exported.onnx, blocks=10)
     pairs = compare(exported, model, seg_images(sizes), input_shape)
     assert len(pairs[0][0].pred_sem_seg.data.unique()) > 3  # not one class everywhere
     assert_same_label_maps(pairs)
@@ -548,6 +553,7 @@ def test_classifier(shape, tmp_path):
     images = seg_images([(64, 64), (80, 96)])
     exported = export(CLS, checkpoint, 'onnxruntime', shape, str(tmp_path / 'out'),
                       images[0])
+    assert not export_form_problems(exported.onnx, blocks=10)  # also the last output norm
     model = build_model(CLS, checkpoint)
     same, diff = classification_agreement(*zip(*compare(exported, model, images)))
     assert same and diff < 1e-4, diff

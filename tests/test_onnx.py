@@ -21,8 +21,10 @@ from casvit_mm.deploy.ort_quantization import read_kind
 from casvit_mm.deploy.onnx_export import (DetectorEnd2End, MaskRCNNEnd2End, _RoIAlign,
                                           export_onnx, matched_pairs, onnxruntime_session,
                                           compile_openvino, run_onnxruntime, run_openvino)
+from casvit_mm.deploy.switch import switch_model_to_deploy
 from casvit_mm.toy_data.coco import make_toy_coco
 from helpers import REPO
+from helpers_onnx import export_form_problems
 
 TOL = 1e-4
 RETINA_TOY = 'configs/detection/toy/retinanet_casvit_xs_toy-shapes.py'
@@ -43,16 +45,18 @@ def randomize_bn(module, seed=0):
 
 @pytest.mark.slow
 def test_deployed_backbone_round_trip(tmp_path):
-    """The dispatch's backbone file: the deploy form (no BatchNormalization but the
-    output norms, GELU one node), the kind recorded, a dynamic batch, outputs of
-    the eval-mode backbone."""
+    """The dispatch's backbone file: the export form (no BatchNormalization: the
+    output norms are depthwise 1x1 convolutions; GELU one node; q/k and channel
+    gates per branch), the kind recorded, a dynamic batch, outputs of the
+    eval-mode backbone."""
     import onnx
     model = randomize_bn(CASViT('xs', out_indices=(1, 2, 3))).eval()
     x = torch.randn(1, 3, 64, 96)
     path = export_backbone(model, x, str(tmp_path / 'casvit_xs.onnx'))
-    assert read_kind(path) == 'backbone'
+    assert read_kind(path) == 'backbone' and not model.deploy  # the model is not changed
     ops = [n.op_type for n in onnx.load(path).graph.node]
-    assert ops.count('Gelu') == 20 and ops.count('BatchNormalization') <= 3
+    assert ops.count('Gelu') == 20 and ops.count('BatchNormalization') == 0
+    assert not export_form_problems(path, scope='', blocks=10)
     x = torch.randn(2, 3, 64, 96)  # exported with a batch of 1
     outputs = run_onnxruntime(onnxruntime_session(path, threads=1), x)
     with torch.no_grad():
@@ -64,6 +68,35 @@ def test_deployed_backbone_round_trip(tmp_path):
     except ImportError:
         return
     assert relative_error(reference, run_openvino(compile_openvino(path, threads=1), x)) < TOL
+
+
+def test_switch_model_to_deploy_export_form():
+    """``switch_model_to_deploy(form='export')``, what every exporter traces: the
+    FPN absorbs the output norms it reads first (then none is left), every
+    CAS-ViT is in the export form with NCHW weights, and the outputs are the
+    eval model's at two image sizes; compile / bf16 and an unknown form are
+    refused, and an export-form model does not go back to 'fused'."""
+    import copy
+    model = build_model(osp.join(REPO, 'configs/segmentation/fpn_casvit_xs_toy.py'))
+    model = randomize_bn(model).eval()
+    deployed = switch_model_to_deploy(copy.deepcopy(model), form='export')
+    backbone = deployed.backbone
+    assert backbone.deploy_form == 'export'
+    assert all(isinstance(getattr(backbone, f'norm{i}'), torch.nn.Identity)
+               for i in backbone.out_indices)  # folded into the FPN's lateral convs
+    assert all(p.is_contiguous() for p in backbone.parameters())  # NCHW
+    for hw in [(64, 96), (96, 64)]:
+        x = torch.randn(1, 3, *hw)
+        metas = [dict(img_shape=hw, pad_shape=hw, ori_shape=hw)]
+        with torch.no_grad():
+            ref, out = model.encode_decode(x, metas), deployed.encode_decode(x, metas)
+        assert relative_error(ref, out) < TOL
+    with pytest.raises(ValueError, match='fused'):
+        switch_model_to_deploy(copy.deepcopy(model), compile=True, form='export')
+    with pytest.raises(ValueError, match='form'):
+        switch_model_to_deploy(copy.deepcopy(model), form='onnx')
+    with pytest.raises(ValueError, match='export form already'):
+        switch_model_to_deploy(deployed)
 
 
 def test_export_onnx_on_a_module_whose_train_returns_none(tmp_path):

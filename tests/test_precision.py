@@ -15,6 +15,7 @@ from casvit_mm.deploy.bf16 import Bf16Unsupported, is_bf16, to_bf16
 from casvit_mm.deploy.cpu_isa import ISA_FLAGS, cpu_flags, isa, isa_line, native_bf16
 from casvit_mm.deploy.switch import switch_model_to_deploy
 from helpers import MASK, ONE_THREAD, REPO, RETINA
+from helpers_onnx import export_form_problems
 
 # bf16 keeps 8 bits of mantissa (a relative rounding error of 2^-9 per value);
 # through the ~40 layers of CAS-ViT-XS the features moved at most 1.2 % of their
@@ -148,24 +149,27 @@ def load_benchmark():
     return module
 
 
-def test_export_form_file_matches_deploy_form_file(tmp_path):
-    """The benchmark's ``*-export-form`` variants time a file exported from the
-    export-friendly form; it must compute what the deploy form's file computes
-    (float rounding: 1e-6 of the output scale measured, stated 1e-5), in
-    OpenVINO at the f32 hint as those variants run it."""
+def test_fused_form_file_matches_the_dispatch_file(tmp_path):
+    """The benchmark's ``*-fused-form`` variants time a file exported from the
+    fused deploy form (what every file held before the export form); it must
+    compute what the dispatch's export-form file computes (float rounding: 1e-6
+    of the output scale measured, stated 1e-5), in OpenVINO at the f32 hint as
+    those variants run it, and be the other form."""
     pytest.importorskip('openvino')
     from casvit_mm.deploy.dispatch import export_backbone
-    from casvit_mm.deploy.nncf_int8 import compile_openvino, run_compiled
+    from casvit_mm.deploy.nncf_int8 import compile_openvino, run_openvino
     from casvit_mm.deploy.ort_quantization import read_kind
     benchmark = load_benchmark()
     torch.manual_seed(0)
     model = random_bn(CASViT('xs', out_indices=(0, 1, 2, 3))).eval()
     x = torch.randn(2, 3, 64, 64)
-    deploy = export_backbone(model, x, str(tmp_path / 'deploy.onnx'))
-    export = benchmark.export_form_backbone(model, x, str(tmp_path / 'export.onnx'))
-    assert read_kind(export) == 'backbone' and not model.deploy  # the model is not changed
-    outputs = [run_compiled(compile_openvino(path, 1, input_shape=x.shape), x)
-               for path in (deploy, export)]
+    export = export_backbone(model, x, str(tmp_path / 'export.onnx'))
+    fused = benchmark.fused_form_backbone(model, x, str(tmp_path / 'fused.onnx'))
+    assert read_kind(fused) == 'backbone' and not model.deploy  # the model is not changed
+    assert not export_form_problems(export, scope='', blocks=10)
+    assert 'MatMul' in str(export_form_problems(fused, scope=''))  # the channel gate
+    outputs = [run_openvino(compile_openvino(path, 1, input_shape=x.shape), x)
+               for path in (fused, export)]
     assert len(outputs[0]) == len(outputs[1]) == 4
     assert relative_error(outputs[0], outputs[1]) < 1e-5
 

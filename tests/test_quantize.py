@@ -257,7 +257,7 @@ def test_toy_classifier_nncf_openvino(toy_classifier, tmp_path):
     --max-drop of this backend)."""
     from casvit_mm.deploy.nncf_int8 import (compile_openvino, effective_precision,
                                             fake_quantize_count, ir_size, read_ir_kind,
-                                            run_compiled)
+                                            run_openvino)
     cfg, root, checkpoint = toy_classifier
     # the defaults: every training image calibrates (NNCF's 300 at most), and --eval
     # fails (exit 1, run_tool raises) where int8 loses more than 0.01 top-1
@@ -280,8 +280,8 @@ def test_toy_classifier_nncf_openvino(toy_classifier, tmp_path):
     # at the batch's shape: OpenVINO runs dynamic int8 files wrongly (compile_openvino)
     compiled32 = compile_openvino(fp32, threads=1, input_shape=images.shape)
     assert effective_precision(compiled32) == 'f32'
-    scores32 = run_compiled(compiled32, images)[0]
-    scores8 = run_compiled(compile_openvino(int8, threads=1, input_shape=images.shape),
+    scores32 = run_openvino(compiled32, images)[0]
+    scores8 = run_openvino(compile_openvino(int8, threads=1, input_shape=images.shape),
                            images)[0]
     error = relative_error([scores32], [scores8])
     mean_error = float(np.abs(scores32 - scores8).mean())
@@ -296,7 +296,7 @@ def test_nncf_keeps_retinanet_post_processing_float(retina_fp32, tmp_path):
     """NNCF on mmdeploy's whole RetinaNet: every FakeQuantize feeds the network;
     box decoding, top-k and NMS stay float, and the int8 model returns
     detections."""
-    from casvit_mm.deploy.nncf_int8 import compile_openvino, quantize_openvino, run_compiled
+    from casvit_mm.deploy.nncf_int8 import compile_openvino, quantize_openvino, run_openvino
     import openvino as ov
     fp32, image = retina_fp32
     int8 = quantize_openvino(fp32, str(tmp_path / 'retina_int8.xml'),
@@ -314,7 +314,7 @@ def test_nncf_keeps_retinanet_post_processing_float(retina_fp32, tmp_path):
     assert not outside, outside
     names = {op.get_friendly_name() for op in fq}
     assert not any(n.startswith(('/TopK', '/NonMaxSuppression', '/Exp')) for n in names)
-    dets, labels = run_compiled(compile_openvino(int8, threads=1, input_shape=image.shape),
+    dets, labels = run_openvino(compile_openvino(int8, threads=1, input_shape=image.shape),
                                 image)
     assert dets.shape[0] == 1 and dets.shape[2] == 5 and np.isfinite(dets).all()
 

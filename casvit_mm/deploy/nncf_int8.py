@@ -19,10 +19,10 @@ benchmark's ``int8-nncf`` variant run):
   Only the network is quantized: every node outside ``NETWORK_SCOPES`` (the
   data preprocessor's normalisation, box decoding, NMS, RoIAlign, resizing,
   argmax, softmax) is in NNCF's ignored scope.
-* :func:`compile_openvino` (defined in :mod:`.onnx_export`, with the other runners):
-  an ONNX or IR file compiled for the CPU with an
+* :func:`compile_openvino` and :func:`run_openvino` (defined in :mod:`.onnx_export`,
+  with the other runners): an ONNX or IR file compiled for the CPU with an
   explicit ``INFERENCE_PRECISION_HINT`` (OpenVINO picks bf16 by itself on
-  CPUs with native bf16: an unstated "fp32" figure may be bf16).
+  CPUs with native bf16: an unstated "fp32" figure may be bf16), and run.
 * :func:`evaluate_openvino`: files scored with the config's evaluator.
 * :func:`perf_counters`: OpenVINO's per-layer counters, summed by layer type
   and kernel, for the profile in docs/quantization.md.
@@ -32,12 +32,12 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from .onnx_export import compile_openvino
+from .onnx_export import compile_openvino, run_openvino
 from .ort_quantization import (KIND_KEY, NETWORK_SCOPES, QuantizationError, quantized_scopes,
                                read_kind)
 
 __all__ = ['quantize_openvino', 'read_ir_kind', 'fake_quantize_count', 'compile_openvino',
-           'run_compiled', 'float_layers', 'effective_precision', 'evaluate_openvino',
+           'run_openvino', 'float_layers', 'effective_precision', 'evaluate_openvino',
            'perf_counters', 'ir_size']
 
 
@@ -206,13 +206,6 @@ def effective_precision(compiled):
     """The precision OpenVINO actually runs the float ops in, as it reports it."""
     value = compiled.get_property('INFERENCE_PRECISION_HINT')
     return value.get_type_name() if hasattr(value, 'get_type_name') else str(value)
-
-
-def run_compiled(compiled, images):
-    """Run a compiled model on a tensor or array; returns the list of numpy outputs."""
-    if hasattr(images, 'detach'):
-        images = images.detach().cpu().contiguous().numpy()
-    return list(compiled([images]).values())
 
 
 def evaluate_openvino(paths, cfg, threads=None):

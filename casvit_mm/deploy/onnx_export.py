@@ -557,6 +557,9 @@ def compile_openvino(path: str,
     return core.compile_model(model, 'CPU', config)
 
 
-def run_openvino(model: 'openvino.CompiledModel', images: torch.Tensor) -> list:
-    """Run a compiled OpenVINO model on a tensor; returns the list of numpy outputs."""
-    return list(model([images.detach().cpu().contiguous().numpy()]).values())
+def run_openvino(model: 'openvino.CompiledModel', images) -> list:
+    """Run a compiled OpenVINO model (an fp32 file or NNCF's int8 IR) on a tensor or
+    array; returns the list of numpy outputs."""
+    if hasattr(images, 'detach'):
+        images = images.detach().cpu().contiguous().numpy()
+    return list(model([images]).values())

@@ -24,9 +24,10 @@ Variants (--variants), each from the same random weights:
   compile            switch_model_to_deploy(compile=True)
   freezing           switch_model_to_deploy(compile='freezing') (Inductor freezing)
   onnx               the file the export dispatch writes (casvit_mm.deploy.dispatch), run in
-                     onnxruntime: backbones their deployed form; whole models mmdeploy's
-                     file (dynamic H/W, the fused CAS-ViT; detectors: preprocessed image
-                     -> boxes after NMS; Semantic FPN: preprocessed image -> label map)
+                     onnxruntime: backbones their deployed export form; whole models
+                     mmdeploy's file (dynamic H/W, the CAS-ViT in its export form;
+                     detectors: preprocessed image -> boxes after NMS; Semantic FPN:
+                     preprocessed image -> label map)
   onnx-exact         detectors (RetinaNet, Mask R-CNN): the hand-written graph kept for
                      mmdet's exact candidate selection (dispatch.exact_graph, images as
                      loaded -> boxes after NMS, the data preprocessor inside), onnxruntime
@@ -61,16 +62,17 @@ Variants (--variants), each from the same random weights:
                      (casvit_mm.deploy.nncf_int8, what quantize.py --backend openvino
                      writes), calibrated on --int8-calib random inputs, run with the
                      f32 hint
-  openvino-export-form, int8-nncf-export-form
+  openvino-fused-form, int8-nncf-fused-form
                      CAS-ViT backbone rows: the same as openvino / int8-nncf on a file
-                     exported from the export-friendly form of the deployed backbone
-                     (switch_to_deploy(form='export'), what the mobile exporters take:
-                     the channel gate as per-branch 1x1 convolutions, no 5-D views);
-                     same weights, outputs equal to float rounding
+                     exported from the fused deploy form instead (switch_to_deploy(), what
+                     the files held before they took the export form: q/k fused, 5-D
+                     views, the channel gate a matrix product); same weights, outputs
+                     equal to float rounding: the export form's gain, in one run
   precision          shorthand for: eval switch_to_deploy bf16 onnx openvino
                      openvino-bf16 int8 int8-openvino int8-nncf
 Every ONNX variant of a model runs the same file (the dispatch's: TorchScript
-exporter, opset 20, batch dynamic), so fp32, bf16 and int8 differ only by precision.
+exporter, opset 20, batch dynamic, CAS-ViT in its export form), so fp32, bf16 and
+int8 differ only by precision (the *-fused-form variants: by the form too).
 Rows:
   backbones at each --inputs, with mmdet's ResNet-18 and ResNet-50 (the same
   output stages) in the same variants where they apply (eval for the PyTorch
@@ -130,18 +132,18 @@ from casvit_mm.deploy.onnx_export import onnxruntime_session, run_onnxruntime
 VARIANTS = ['eval', 'switch_to_deploy', 'deploy=True', 'test.py--deploy', 'nchw', 'compile',
             'freezing', 'bf16', 'onnx', 'openvino', 'openvino-bf16', 'int8', 'int8-openvino',
             'int8-nncf', 'mmdeploy', 'onnx-exact', 'executorch', 'executorch-int8',
-            'executorch-int8-all', 'openvino-export-form', 'int8-nncf-export-form']
+            'executorch-int8-all', 'openvino-fused-form', 'int8-nncf-fused-form']
 PRECISION = ['eval', 'switch_to_deploy', 'bf16', 'onnx', 'openvino', 'openvino-bf16', 'int8',
              'int8-openvino', 'int8-nncf']
 # Variants that run an exported file, and the ones that need OpenVINO.
 FILE_VARIANTS = ('onnx', 'openvino', 'openvino-bf16', 'int8', 'int8-openvino', 'int8-nncf')
 OPENVINO_VARIANTS = ('openvino', 'openvino-bf16', 'int8-openvino', 'int8-nncf',
-                     'openvino-export-form', 'int8-nncf-export-form')
-# CAS-ViT backbone rows only: the file exported from the export-friendly form
-# (switch_to_deploy(form='export'): per-branch 1x1 convs for the channel gate, no 5-D
-# views; same weights, outputs within float rounding), run as the variant named before
-# '-export-form' is (docs/quantization.md, "Where the time goes")
-EXPORT_FORM = ('openvino-export-form', 'int8-nncf-export-form')
+                     'openvino-fused-form', 'int8-nncf-fused-form')
+# CAS-ViT backbone rows only: the file exported from the fused deploy form (what the
+# files held before the export form; same weights, outputs within float rounding),
+# run as the variant named before '-fused-form' is (docs/quantization.md, "The export
+# form in OpenVINO")
+FUSED_FORM = ('openvino-fused-form', 'int8-nncf-fused-form')
 # mobile runtimes: backbone rows only
 EXECUTORCH = ('executorch', 'executorch-int8', 'executorch-int8-all')
 
@@ -267,13 +269,14 @@ def fused_copy(base, variant, allow_emulated_bf16=False):
 
 
 def casvit_variants(name, base, variants, fn, batch, onnx=None, mmdeploy=None,
-                    executorch=None, allow_emulated_bf16=False, exact=None, export_form=None):
+                    executorch=None, allow_emulated_bf16=False, exact=None, fused_form=None):
     """The requested variants of one CAS-ViT model (a backbone or a whole model).
 
     ``fn(model)`` is what is timed; ``onnx(runtime)``, if given, returns the
     callable running the exported network in onnxruntime or OpenVINO;
     ``executorch(variant)`` the one running the ExecuTorch .pte; ``mmdeploy`` and
-    ``exact()`` the whole-detector runners.
+    ``exact()`` the whole-detector runners; ``fused_form(runtime)`` as ``onnx`` on
+    the fused form's file.
     """
     baseline = (name, 'eval')
     out = []
@@ -294,9 +297,9 @@ def casvit_variants(name, base, variants, fn, batch, onnx=None, mmdeploy=None,
             if onnx is not None:
                 out.append(Variant(name, variant, onnx(variant), batch, baseline))
             continue
-        if variant in EXPORT_FORM:
-            if export_form is not None:
-                out.append(Variant(name, variant, export_form(variant[:-len('-export-form')]),
+        if variant in FUSED_FORM:
+            if fused_form is not None:
+                out.append(Variant(name, variant, fused_form(variant[:-len('-fused-form')]),
                                    batch, baseline))
             continue
         if variant == 'test.py--deploy' and isinstance(base, CASViT):
@@ -351,12 +354,12 @@ def onnx_runner(export_fp32, example, path, threads, kind='backbone', int8_calib
             session = onnxruntime_session(file, threads, spinning=False, mmdeploy_ops=True)
             return lambda: run_onnxruntime(session, example)
         from casvit_mm.deploy.nncf_int8 import (compile_openvino, effective_precision,
-                                                perf_counters, run_compiled)
+                                                perf_counters, run_openvino)
         compiled = compile_openvino(file, threads, precision, input_shape=example.shape)
         EFFECTIVE_PRECISION[variant] = effective_precision(compiled)
 
         def run():
-            return run_compiled(compiled, example)
+            return run_openvino(compiled, example)
 
         def profile(top):
             rows = perf_counters(compile_openvino(file, threads, precision, perf_count=True,
@@ -370,14 +373,14 @@ def onnx_runner(export_fp32, example, path, threads, kind='backbone', int8_calib
     return make
 
 
-def export_form_backbone(backbone, example, path):
+def fused_form_backbone(backbone, example, path):
     """A CAS-ViT backbone exported as :func:`casvit_mm.deploy.dispatch.export_backbone`
-    does, but from its export-friendly deploy form (``switch_to_deploy(form='export')``)."""
+    does, but from the fused deploy form (``switch_model_to_deploy(form='fused')``,
+    NCHW weights): the file every export wrote before the export form, for comparison."""
     from casvit_mm.deploy.dispatch import OPSET, record_kind
     from casvit_mm.deploy.onnx_export import export_onnx
-    model = copy.deepcopy(backbone)
-    model.switch_to_deploy(form='export')
-    export_onnx(model.eval(), example, path, dynamo=False, dynamic_batch=True, opset=OPSET)
+    model = switch_model_to_deploy(copy.deepcopy(backbone), channels_last=False)
+    export_onnx(model, example, path, dynamo=False, dynamic_batch=True, opset=OPSET)
     return record_kind(path, 'backbone')
 
 
@@ -688,9 +691,9 @@ def main():
                                      kind='backbone', int8_calib=args.int8_calib),
                     allow_emulated_bf16=emulated,
                     executorch=mobile_runner(base, example, onnx_path(f'casvit-{arch}')),
-                    export_form=onnx_runner(
-                        lambda p, b=base: export_form_backbone(b, example, p), example,
-                        onnx_path(f'casvit-{arch}-export-form'), args.threads,
+                    fused_form=onnx_runner(
+                        lambda p, b=base: fused_form_backbone(b, example, p), example,
+                        onnx_path(f'casvit-{arch}-fused-form'), args.threads,
                         kind='backbone', int8_calib=args.int8_calib))
             for name in args.baselines:
                 model = resnet(int(name[len('resnet'):]))

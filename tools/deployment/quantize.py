@@ -223,9 +223,8 @@ def report_metrics(cfg, metrics32, metrics8, max_drop):
 
 def openvino_backend(args, cfg, kind, shape, sample, fp32, name, calibration, start):
     """Steps 2-4 with NNCF and OpenVINO (f32 hint: the float parts stay f32)."""
-    from casvit_mm.deploy.nncf_int8 import (compile_openvino, evaluate_openvino,
-                                            fake_quantize_count, float_layers, ir_size,
-                                            quantize_openvino, run_compiled)
+    from casvit_mm.deploy.nncf_int8 import (evaluate_openvino, fake_quantize_count,
+                                            float_layers, ir_size, quantize_openvino)
     int8 = osp.join(args.out_dir, f'{name}_int8.xml')
     quantize_openvino(fp32, int8, calibration, kind, float_op_types=args.float_op_types,
                       exclude=args.exclude)
@@ -238,14 +237,13 @@ def openvino_backend(args, cfg, kind, shape, sample, fp32, name, calibration, st
     floats, total = float_layers(int8)
     print(f'{total - len(floats)} of the network\'s {total} convolutions / matrix products '
           f'in int8' + (f'; float (fp32 speed): {", ".join(floats)}' if floats else ''))
-    run = run_compiled
     if kind == 'instance-seg':  # OpenVINO's RoI feature extractor takes one image
         sample = sample[:1]
     static = sample.shape  # compiled at the batch's shape (see compile_openvino)
     t32, out32 = timed(compile_openvino(fp32, args.threads, input_shape=static), sample,
-                       args.repeats, run)
+                       args.repeats, run_openvino)
     t8, out8 = timed(compile_openvino(int8, args.threads, input_shape=static), sample,
-                     args.repeats, run)
+                     args.repeats, run_openvino)
     print(f'latency, OpenVINO (f32 hint), {args.threads} threads, '
           f'{"x".join(map(str, sample.shape))}: fp32 {t32 * 1e3:.1f} ms, int8 '
           f'{t8 * 1e3:.1f} ms ({t32 / t8:.2f}x); load average {os.getloadavg()[0]:.2f}')
