@@ -1,6 +1,8 @@
 """Export a deployed CAS-ViT model to ONNX: the backbone, and whole models end to end.
 
-Every export goes through the one dispatch (``casvit_mm.deploy.dispatch``). Whole
+Every export goes through the one dispatch (``casvit_mm.deploy.dispatch``), and
+every file holds the CAS-ViT in its export form (``switch_model_to_deploy(
+form='export')``: the fused weights as plain 4-D ops, docs/deploy.md). Whole
 models: mmdeploy's ``torch2onnx`` with the shipped deploy config of the task,
 backend and shape mode (any mmdet / mmseg / mmpretrain head):
 

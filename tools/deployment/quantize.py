@@ -5,7 +5,9 @@ From a config and a checkpoint (or an fp32 file this tool exported before):
      mmdeploy's torch2onnx with the shipped deploy config, dynamic batch, H and
      W; any mmdet / mmseg / mmpretrain head; the file takes the data
      preprocessor's output, as mmdeploy's backend model feeds it), or with
-     --backbone-only the deployed backbone alone (fixed --shape)
+     --backbone-only the deployed backbone alone (fixed --shape); the CAS-ViT
+     in its export form (switch_model_to_deploy(form='export'): plain 4-D
+     convolutions, faster in OpenVINO; docs/quantization.md)
      -> OUT_DIR/NAME_fp32.onnx;
   2. calibrate on --calib-images images drawn from the config's own dataset
      (--calib-split train: the training images through the test pipeline;
