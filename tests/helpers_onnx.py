@@ -20,7 +20,8 @@ def export_form_problems(path, scope='/backbone/', blocks=None):
     messages, empty when it is.
 
     The nodes of the backbone (names starting with ``scope``; '' for a file of
-    the backbone alone) are only of :data:`EXPORT_FORM_OPS`, every ``ReduceMean``
+    the backbone alone) are only of :data:`EXPORT_FORM_OPS` (and the ``Reshape``
+    of a global pooling's mean), every ``ReduceMean``
     keeps its dimensions (4-D), and each block has its own ``q`` and ``k`` 1x1
     convolutions and per-branch channel gates (``blocks``: how many blocks, if
     given) and no fused ``qk`` one.
@@ -30,7 +31,11 @@ def export_form_problems(path, scope='/backbone/', blocks=None):
     problems = []
     if not nodes:
         return [f'no node named {scope}...: not a CAS-ViT file']
-    others = sorted({n.op_type for n in nodes} - EXPORT_FORM_OPS)
+    made_by = {out: n.op_type for n in graph.node for out in n.output}
+    # a classifier backbone's global pooling: the 4-D mean, then reshape(-1, C)
+    pooling = [n for n in nodes if n.op_type == 'Reshape' and made_by.get(n.input[0]) ==
+               'ReduceMean']
+    others = sorted({n.op_type for n in nodes if n not in pooling} - EXPORT_FORM_OPS)
     if others:
         problems.append(f'ops outside the export form: {others}')
     for node in nodes:
