@@ -14,8 +14,8 @@ Two forms, the same outputs up to float rounding: ``form='fused'`` (the default:
 channels-last weights and fused oneDNN kernels, the fast path in eager PyTorch)
 and ``form='export'`` (plain 4-D NCHW ops, q/k and the channel gates as separate
 1x1 convolutions, output norms left unfolded as depthwise 1x1 convolutions:
-what every exporter of the package traces, because ONNX runtimes, OpenVINO and
-the mobile compilers run it faster or take it whole; docs/quantization.md).
+what every exporter of the package traces: OpenVINO runs it faster and the
+mobile compilers take it whole; docs/quantization.md).
 """
 from typing import List, Union
 
