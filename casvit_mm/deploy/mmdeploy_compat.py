@@ -50,7 +50,7 @@ into an FPN where that is exact, and every CAS-ViT in its export form: NCHW
 weights (the channels-last fused oneDNN kernels never run while tracing; NCHW
 keeps the traced graph free of layout conversions), plain 4-D ops (q, k and the
 channel gates as separate 1x1 convolutions: no 5-D reshapes, no channel-gate
-MatMul), which OpenVINO runs 1.1-1.16x faster than the fused form's graph, with the
+MatMul), which OpenVINO ran 1.01-1.16x faster than the fused form's graph, with the
 same outputs to float rounding (docs/quantization.md).
 
 When it applies: ``import casvit_mm`` (what the docs and ``custom_imports`` do)
