@@ -213,11 +213,18 @@ class PreemptionHook(Hook):
         if is_main_process() and level == _PREEMPT:  # launchers may not pass status 75 on
             atomic_write(osp.join(runner.work_dir, PREEMPTED_MARKER), path + '\n')
         barrier()  # nobody exits (and lets a launcher kill rank 0) before the files are whole
+        self._raise(runner, level, lambda code: (
+            f'{self._why(level)}{during}: stopped after iteration {step} and saved it '
+            f'to {path}. Run the same command with --resume to continue; exit '
+            f'status {code}.'))
+
+    @staticmethod
+    def _raise(runner, level, message_with_code):
+        """Log and raise the stop of ``level``: :class:`Preempted` (exit status 75)
+        or :class:`Interrupted` (130); ``message_with_code(code)`` says what happened."""
         stop, code = ((Preempted, EXIT_PREEMPTED) if level == _PREEMPT
                       else (Interrupted, EXIT_INTERRUPTED))
-        message = (f'{self._why(level)}{during}: stopped after iteration {step} and saved it '
-                   f'to {path}. Run the same command with --resume to continue; exit '
-                   f'status {code}.')
+        message = message_with_code(code)
         runner.logger.warning(message)
         raise stop(message)
 
@@ -281,13 +288,10 @@ class PreemptionHook(Hook):
             self._stop_training(runner, level, runner.iter,
                                 during=f' during the validation after iteration {runner.iter}, '
                                 f'which was stopped at {at} (its metrics are not computed)')
-        stop, code = ((Preempted, EXIT_PREEMPTED) if level == _PREEMPT
-                      else (Interrupted, EXIT_INTERRUPTED))
-        message = (f'{self._why(level)}: the {what} stopped after {at}; no metrics were '
-                   f'computed and nothing was saved. Run the same command again; exit '
-                   f'status {code}.')
-        runner.logger.warning(message)
-        raise stop(message)
+        self._raise(runner, level, lambda code: (
+            f'{self._why(level)}: the {what} stopped after {at}; no metrics were '
+            f'computed and nothing was saved. Run the same command again; exit '
+            f'status {code}.'))
 
     def _save(self, runner, step):
         hook = next((h for h in runner.hooks if isinstance(h, AtomicCheckpointHook)), None)
