@@ -33,15 +33,16 @@ plain 4-D ops that XNNPACK and Core ML take whole.
   (ML program, fp16) and its MIL op inventory. Conversion runs on Linux;
   running the package needs macOS or iOS.
 * :func:`to_litert` (optional extra ``litert``): litert-torch's converter ->
-  ``.tflite`` (fp32, batch dynamic; ``quantize=True``: litert-torch's own
-  PT2E int8, batch static) and how much of it LiteRT's XNNPACK delegate
-  takes (:func:`litert_delegation`).
+  ``.tflite`` (fp32; ``quantize=True``: litert-torch's own PT2E int8; batch
+  static) and how much of it LiteRT's XNNPACK delegate takes
+  (:func:`litert_delegation`).
 * :class:`ExecuTorchModel` runs a ``.pte`` in ExecuTorch's Python runtime,
   :class:`LiteRTModel` a ``.tflite`` in LiteRT's interpreter;
   :func:`evaluate_mobile` scores them with the config's own evaluator.
 
 The entry point for a dispatch (one call per file): :func:`export_mobile`.
 """
+import contextlib
 import copy
 import os
 import os.path as osp
@@ -300,21 +301,24 @@ class NearestAsTransposedConv:
 
 
 def export_program(network: nn.Module, example: torch.Tensor,
-                   max_batch: Optional[int] = DEFAULT_MAX_BATCH):
+                   max_batch: Optional[int] = DEFAULT_MAX_BATCH, nearest_as_conv: bool = True):
     """``torch.export`` of ``network`` at ``example``'s image size, the batch
     dimension dynamic up to ``max_batch`` (None: static, as ``example``);
     nearest upsamplings by whole factors as transposed convolutions
     (:class:`NearestAsTransposedConv`, exact), which XNNPACK runs.
 
     PT2E int8 needs the dynamic batch at this point already (a static one
-    fails later with ``Guard failed: x.size()[0] == 8``).
+    fails later with ``Guard failed: x.size()[0] == 8``). ``nearest_as_conv``
+    False: upsamplings as they are (LiteRT, :func:`to_litert`).
     """
     dynamic = None
     if max_batch is not None:
         if example.shape[0] < 2:  # torch.export specialises a size-1 dimension
             example = example.expand(2, *example.shape[1:]).contiguous()
         dynamic = ({0: torch.export.Dim('batch', min=1, max=max_batch)},)
-    with torch.no_grad(), NearestAsTransposedConv().record(network, example):
+    nearest = (NearestAsTransposedConv().record(network, example) if nearest_as_conv
+               else contextlib.nullcontext())
+    with torch.no_grad(), nearest:
         return torch.export.export(network, (example,), dynamic_shapes=dynamic)
 
 
@@ -407,7 +411,8 @@ def quantize_pt2e(network: nn.Module, example: torch.Tensor,
                   calibration: Iterable[torch.Tensor],
                   max_batch: Optional[int] = DEFAULT_MAX_BATCH,
                   keep_float: Optional[Sequence[str]] = None,
-                  quantizer=None, fold_quantize: bool = True) -> nn.Module:
+                  quantizer=None, fold_quantize: bool = True,
+                  nearest_as_conv: bool = True) -> nn.Module:
     """PT2E static int8 for XNNPACK: ``XNNPACKQuantizer`` with the symmetric
     per-channel configuration (histogram observers for activations), torchao's
     ``prepare_pt2e``, one pass over the ``calibration`` batches,
@@ -423,6 +428,7 @@ def quantize_pt2e(network: nn.Module, example: torch.Tensor,
     (LiteRT's, :func:`to_litert`); it takes no ``keep_float``. ``fold_quantize``:
     torchao's ``convert_pt2e`` option (LiteRT's converter takes the weights'
     quantize nodes unfolded, as litert-torch's own examples call it).
+    ``nearest_as_conv``: as :func:`export_program`.
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     if quantizer is None:
@@ -444,7 +450,7 @@ def quantize_pt2e(network: nn.Module, example: torch.Tensor,
             raise MobileExportError(f'no module {unknown} to keep in fp32; the network has '
                                     f'e.g. {sorted(known)[1:6]}')
         quantizer.set_filter_function(_outside(keep_float))
-    graph = export_program(network, example, max_batch).module()
+    graph = export_program(network, example, max_batch, nearest_as_conv).module()
     unshare_weights(graph)
     prepared = prepare_pt2e(graph, quantizer)
     seen = 0
@@ -533,21 +539,30 @@ def to_coreml(network: nn.Module, example: torch.Tensor, path: str):
 
 # ------------------------------------------------------------------ LiteRT
 def to_litert(network: nn.Module, example: torch.Tensor, path: str, quantize: bool = False,
-              calibration: Optional[Iterable] = None,
-              max_batch: Optional[int] = DEFAULT_MAX_BATCH) -> Dict:
-    """Convert ``network`` with litert-torch to a LiteRT ``.tflite`` at ``path``.
+              calibration: Optional[Iterable] = None) -> Dict:
+    """Convert ``network`` with litert-torch to a LiteRT ``.tflite`` at ``path``,
+    at ``example``'s shape, batch included (static).
 
-    fp32: ``litert_torch.convert`` of the network (``torch.export`` inside it,
-    nearest upsamplings as :class:`NearestAsTransposedConv`), the batch dynamic
-    up to ``max_batch``. ``quantize``: litert-torch's own PT2E path first
-    (its ``PT2EQuantizer`` with ``get_symmetric_quantization_config(
-    is_per_channel=True)``: int8 weights per channel, histogram observers,
-    calibrated on ``calibration``; every layer, as that quantizer leaves no
-    module in fp32), then the converter in its static-int8 mode, which gives a
-    fully integer file: int8 input and outputs, their scales in the file
-    (:class:`LiteRTModel` converts). The int8 batch is static, ``example``'s:
-    with a dynamic one the file converts but LiteRT cannot allocate it
-    (``XNNPack delegate failed to reshape runtimeNode ... failed to prepare``).
+    fp32: ``litert_torch.convert`` of the network (``torch.export`` inside
+    it). Nearest upsamplings stay ``RESIZE_NEAREST_NEIGHBOR``, which LiteRT's
+    XNNPACK delegate leaves to LiteRT's kernels (2 in the toy RetinaNet's FPN):
+    :class:`NearestAsTransposedConv` does not help here, the converter splits
+    its depthwise transposed conv into a concatenation of one input per
+    channel, which the delegate refuses too (1486 ops instead of 972, the
+    two concatenations left). ``quantize``:
+    litert-torch's own PT2E path first (its ``PT2EQuantizer`` with
+    ``get_symmetric_quantization_config(is_per_channel=True)``: int8 weights
+    per channel, histogram observers, calibrated on ``calibration``, split
+    into batches of ``example``'s size; every layer, as that quantizer leaves
+    no module in fp32), then the converter in its static-int8 mode, which
+    gives a fully integer file: int8 input and outputs, their scales in the
+    file (:class:`LiteRTModel` converts).
+
+    Why the batch is static: with a dynamic one (``dynamic_shapes``) the files
+    convert, the fp32 classifier even runs, but LiteRT cannot allocate the int8
+    classifier nor the fp32 RetinaNet (``XNNPack delegate failed to reshape
+    runtimeNode N (TfLiteXNNPackDelegate) failed to prepare``). An app runs
+    batch 1; :class:`LiteRTModel` runs a larger batch in chunks.
 
     Returns :func:`litert_delegation` of the file plus its path.
     """
@@ -560,11 +575,12 @@ def to_litert(network: nn.Module, example: torch.Tensor, path: str, quantize: bo
             raise MobileExportError('int8 needs calibration batches (calibration_batches)')
         quantizer = PT2EQuantizer().set_global(
             get_symmetric_quantization_config(is_per_channel=True))
-        batch = len(example)  # static: calibrate in batches of that size
+        batch = len(example)
         calibration = [b[i:i + batch] for b in calibration for i in range(0, len(b), batch)
                        if len(b[i:i + batch]) == batch]
         graph = quantize_pt2e(network, example, calibration, max_batch=None, keep_float=(),
-                              quantizer=quantizer, fold_quantize=False)
+                              quantizer=quantizer, fold_quantize=False,
+                              nearest_as_conv=False)
         # the network was exported in eval mode; the graph module's flag says
         # training all the same, and litert-torch warns on the flag
         graph.training = False
@@ -572,13 +588,8 @@ def to_litert(network: nn.Module, example: torch.Tensor, path: str, quantize: bo
             edge = litert_torch.convert(graph, (example,),
                                         quant_config=QuantConfig(pt2e_quantizer=quantizer))
     else:
-        dynamic = None
-        if max_batch is not None:
-            if example.shape[0] < 2:  # torch.export specialises a size-1 dimension
-                example = example.expand(2, *example.shape[1:]).contiguous()
-            dynamic = ({0: torch.export.Dim('batch', min=1, max=max_batch)},)
-        with torch.no_grad(), NearestAsTransposedConv().record(network, example):
-            edge = litert_torch.convert(network, (example,), dynamic_shapes=dynamic)
+        with torch.no_grad():
+            edge = litert_torch.convert(network, (example,))
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     edge.export(path)
     return dict(litert_delegation(path), path=path)
@@ -788,7 +799,7 @@ def export_mobile(model: nn.Module, fmt: str, path: str, shape: Sequence[int],
         fmt: ``'executorch'`` (XNNPACK fp32 ``.pte``), ``'executorch-int8'``
             (PT2E int8 ``.pte``; needs ``calibration``), ``'coreml'``
             (``.mlpackage``), ``'litert'`` / ``'litert-int8'`` (``.tflite``,
-            :func:`to_litert`; the int8 file at batch 1, what an app runs).
+            :func:`to_litert`; at batch 1, what an app runs).
         path: the file to write.
         shape: ``(H, W)`` of the exported input.
         kind: :func:`mobile_kind` of the model (default: detected).
@@ -814,7 +825,7 @@ def export_mobile(model: nn.Module, fmt: str, path: str, shape: Sequence[int],
             raise MobileExportError('litert-int8 quantizes every layer: LiteRT\'s PT2E '
                                     'quantizer leaves no module in fp32')
         info = to_litert(network, example, path, quantize=fmt == 'litert-int8',
-                         calibration=calibration, max_batch=max_batch)
+                         calibration=calibration)
         return dict(info, kind=kind)
     info = to_executorch(network, example, path, quantize=fmt == 'executorch-int8',
                          calibration=calibration, max_batch=max_batch, keep_float=keep_float)

@@ -62,8 +62,8 @@ Variants (--variants), each from the same random weights:
                      extra `litert`), run in LiteRT's interpreter with its default
                      XNNPACK delegate and --threads; the ResNets the same way
   litert-int8        the same through litert-torch's PT2E int8 (every layer; fully
-                     integer file, batch static), calibrated on --int8-calib random
-                     batches (timing only)
+                     integer file), calibrated on --int8-calib random batches (timing
+                     only); LiteRT files have a static batch, the input's
   int8-nncf          the fp32 ONNX file quantized by NNCF for OpenVINO
                      (casvit_mm.deploy.nncf_int8, what quantize.py --backend openvino
                      writes), calibrated on --int8-calib random inputs, run with the
@@ -450,9 +450,9 @@ def executorch_runner(network, example, path, threads, int8_calib=2):
 
 def litert_runner(network, example, path, threads, int8_calib=2):
     """``make(variant)``: convert ``network`` (a ``MobileNetwork``) with
-    litert-torch to a .tflite, fp32 (batch dynamic up to ``example``'s) or
-    int8 (batch static, ``example``'s), and return a callable running it in
-    LiteRT's interpreter (its default XNNPACK delegate)."""
+    litert-torch to a .tflite at ``example``'s shape (batch static), fp32 or
+    int8, and return a callable running it in LiteRT's interpreter (its
+    default XNNPACK delegate)."""
     def make(variant):
         from casvit_mm.deploy.mobile import LiteRTModel, to_litert
         from casvit_mm.deploy.ort_quantization import random_calibration
@@ -460,7 +460,7 @@ def litert_runner(network, example, path, threads, int8_calib=2):
         calibration = ([torch.from_numpy(b['images'])
                         for b in random_calibration(example, int8_calib)] if int8 else None)
         info = to_litert(network, example, f'{path}_{variant}.tflite', quantize=int8,
-                         calibration=calibration, max_batch=max(2, example.shape[0]))
+                         calibration=calibration)
         if info['non_delegated']:
             print(f'note: {variant} leaves ops to LiteRT\'s own kernels: '
                   f'{info["non_delegated_ops"]}')

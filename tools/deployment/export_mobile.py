@@ -12,8 +12,8 @@ From a config and a checkpoint (training layout):
      CAS-ViT stage left in fp32 unless --int8-float says otherwise) and
      OUT_DIR/NAME.mlpackage (Core ML ML program, fp16), OUT_DIR/NAME_fp32.tflite
      and OUT_DIR/NAME_int8.tflite (LiteRT, through litert-torch: the optional
-     extra `pip install -e .[litert]`; int8 by litert-torch's PT2E quantizer,
-     every layer, batch 1), as --formats says;
+     extra `pip install -e .[litert]`; batch 1; int8 by litert-torch's PT2E
+     quantizer, every layer), as --formats says;
   3. for each .pte / .tflite: how many ops XNNPACK runs (ExecuTorch's
      delegation info; LiteRT's interpreter after its XNNPACK delegate is
      applied; the tool fails unless all of them, but for the FPN's upsampling
@@ -150,11 +150,11 @@ def main():
                 raise SystemExit('--int8-float: litert-int8 quantizes every layer (LiteRT\'s '
                                  'PT2E quantizer leaves no module in fp32)')
             if int8:
-                print('int8 (LiteRT): every layer, batch 1 (its quantizer leaves no module '
-                      'in fp32)', flush=True)
-            try:
+                print('int8 (LiteRT): every layer (its quantizer leaves no module in fp32)',
+                      flush=True)
+            try:  # batch 1, static (to_litert says why)
                 info = to_litert(network, sample[:1], path, quantize=int8,
-                                 calibration=calibration, max_batch=args.max_batch)
+                                 calibration=calibration)
             except ImportError as e:
                 raise SystemExit(f'--formats {fmt} needs LiteRT ({e}): pip install -e .[litert]')
             runner = LiteRTModel(path, args.threads)
