@@ -427,6 +427,29 @@ def test_nearest_upsampling_exports_as_an_exact_transposed_conv():
     assert F.interpolate.__name__ == 'interpolate' and 'deploy' not in F.interpolate.__module__
 
 
+def test_nearest_as_concat_for_litert():
+    """LiteRT's rewrite of whole-factor nearest upsampling (stacked copies):
+    no upsample op left for them, the same numbers."""
+    import torch.nn.functional as F
+
+    from casvit_mm.deploy.mobile import NearestAsConcat
+
+    class Resizes(nn.Module):
+        def forward(self, x):
+            return (F.interpolate(x, scale_factor=2, mode='nearest'),
+                    F.interpolate(x, size=(x.shape[2] * 3, x.shape[3] * 2)),
+                    F.interpolate(x, size=(11, 13), mode='nearest'))
+
+    x = torch.randn(2, 3, 5, 6)
+    program = export_program(Resizes(), x, max_batch=None, nearest=NearestAsConcat)
+    targets = Counter(str(n.target) for n in program.graph.nodes if n.op == 'call_function')
+    assert sum('upsample_nearest' in t for t in targets.elements()) == 1, targets  # 11x13
+    assert targets['aten.stack.default'] == 4, targets
+    for got, expected in zip(program.module()(x), Resizes()(x)):
+        assert torch.equal(got, expected)
+    assert F.interpolate.__name__ == 'interpolate' and 'deploy' not in F.interpolate.__module__
+
+
 def test_nearest_patch_is_one_at_a_time_across_threads():
     """Exports in several threads at once (the patch of F.interpolate is
     process-wide): each graph gets its transposed conv, and F.interpolate is

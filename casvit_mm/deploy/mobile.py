@@ -42,7 +42,6 @@ plain 4-D ops that XNNPACK and Core ML take whole.
 
 The entry point for a dispatch (one call per file): :func:`export_mobile`.
 """
-import contextlib
 import copy
 import os
 import os.path as osp
@@ -54,6 +53,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ['MOBILE_KINDS', 'PORTABLE_OK', 'LITERT_CPU_OK', 'MobileExportError', 'MobileNetwork',
+           'NearestAsTransposedConv', 'NearestAsConcat',
            'ExecuTorchModel', 'LiteRTModel', 'to_litert', 'litert_delegation',
            'mobile_kind', 'mobile_network', 'export_program', 'to_executorch',
            'quantize_pt2e', 'unshare_weights', 'float_modules', 'to_coreml', 'coreml_ops',
@@ -266,10 +266,9 @@ class NearestAsTransposedConv:
             key, args = self._deconv(*a, **kw)
             out = original(*args)
             if key and key not in self.kernels and key[1:3] != (1, 1):
-                weight = torch.ones(key[0], 1, key[1], key[2], dtype=key[3])
-                if torch.equal(torch.nn.functional.conv_transpose2d(
-                        args[0], weight, stride=key[1:3], groups=key[0]), out):
-                    self.kernels[key] = weight
+                kernel = self._kernel(key)
+                if torch.equal(self._upsample(args[0], key, kernel), out):
+                    self.kernels[key] = kernel
             return out
         torch.nn.functional.interpolate = interpolate
         try:
@@ -285,13 +284,21 @@ class NearestAsTransposedConv:
 
         def interpolate(*a, **kw):
             key, args = self._deconv(*a, **kw)
-            weight = self.kernels.get(key) if key else None
-            if weight is None:
+            kernel = self.kernels.get(key) if key else None
+            if kernel is None:
                 return original(*args)
-            return torch.nn.functional.conv_transpose2d(args[0], weight, stride=key[1:3],
-                                                        groups=key[0])
+            return self._upsample(args[0], key, kernel)
         torch.nn.functional.interpolate = interpolate
         return self
+
+    @staticmethod
+    def _kernel(key):
+        channels, fh, fw, dtype = key
+        return torch.ones(channels, 1, fh, fw, dtype=dtype)
+
+    @staticmethod
+    def _upsample(x, key, kernel):
+        return torch.nn.functional.conv_transpose2d(x, kernel, stride=key[1:3], groups=key[0])
 
     def __exit__(self, *exc):
         try:
@@ -300,25 +307,50 @@ class NearestAsTransposedConv:
             self._lock.release()
 
 
+class NearestAsConcat(NearestAsTransposedConv):
+    """Nearest upsampling by whole factors as copies stacked and reshaped, for LiteRT.
+
+    The same context as :class:`NearestAsTransposedConv` (recorded, checked
+    bit for bit on every call before use, the same lock), another exact
+    rewrite: ``(B, C, H, W)`` -> ``stack([x] * fw, -1)`` viewed as
+    ``(B, C, H, W*fw)`` -> ``stack([y] * fh, -2)`` viewed as
+    ``(B, C, H*fh, W*fw)``: each output pixel is a copy of its input pixel.
+    LiteRT's converter makes concatenations and reshapes of it, which LiteRT's
+    XNNPACK delegate runs; ``F.interpolate``'s ``RESIZE_NEAREST_NEIGHBOR`` it
+    leaves to LiteRT's kernels, and the transposed conv becomes a
+    concatenation with one input per channel there, which it refuses too.
+    """
+
+    @staticmethod
+    def _kernel(key):
+        return True  # nothing to hold: the rewrite has no weights
+
+    @staticmethod
+    def _upsample(x, key, kernel):
+        channels, fh, fw, _ = key
+        H, W = x.shape[2], x.shape[3]
+        y = torch.stack([x] * fw, dim=-1).reshape(-1, channels, H, W * fw)
+        return torch.stack([y] * fh, dim=-2).reshape(-1, channels, H * fh, W * fw)
+
+
 def export_program(network: nn.Module, example: torch.Tensor,
-                   max_batch: Optional[int] = DEFAULT_MAX_BATCH, nearest_as_conv: bool = True):
+                   max_batch: Optional[int] = DEFAULT_MAX_BATCH, nearest: type = None):
     """``torch.export`` of ``network`` at ``example``'s image size, the batch
     dimension dynamic up to ``max_batch`` (None: static, as ``example``);
     nearest upsamplings by whole factors as transposed convolutions
     (:class:`NearestAsTransposedConv`, exact), which XNNPACK runs.
 
     PT2E int8 needs the dynamic batch at this point already (a static one
-    fails later with ``Guard failed: x.size()[0] == 8``). ``nearest_as_conv``
-    False: upsamplings as they are (LiteRT, :func:`to_litert`).
+    fails later with ``Guard failed: x.size()[0] == 8``). ``nearest``: the
+    rewrite of nearest upsamplings (default :class:`NearestAsTransposedConv`;
+    LiteRT: :class:`NearestAsConcat`).
     """
     dynamic = None
     if max_batch is not None:
         if example.shape[0] < 2:  # torch.export specialises a size-1 dimension
             example = example.expand(2, *example.shape[1:]).contiguous()
         dynamic = ({0: torch.export.Dim('batch', min=1, max=max_batch)},)
-    nearest = (NearestAsTransposedConv().record(network, example) if nearest_as_conv
-               else contextlib.nullcontext())
-    with torch.no_grad(), nearest:
+    with torch.no_grad(), (nearest or NearestAsTransposedConv)().record(network, example):
         return torch.export.export(network, (example,), dynamic_shapes=dynamic)
 
 
@@ -412,7 +444,7 @@ def quantize_pt2e(network: nn.Module, example: torch.Tensor,
                   max_batch: Optional[int] = DEFAULT_MAX_BATCH,
                   keep_float: Optional[Sequence[str]] = None,
                   quantizer=None, fold_quantize: bool = True,
-                  nearest_as_conv: bool = True) -> nn.Module:
+                  nearest: type = None) -> nn.Module:
     """PT2E static int8 for XNNPACK: ``XNNPACKQuantizer`` with the symmetric
     per-channel configuration (histogram observers for activations), torchao's
     ``prepare_pt2e``, one pass over the ``calibration`` batches,
@@ -428,7 +460,7 @@ def quantize_pt2e(network: nn.Module, example: torch.Tensor,
     (LiteRT's, :func:`to_litert`); it takes no ``keep_float``. ``fold_quantize``:
     torchao's ``convert_pt2e`` option (LiteRT's converter takes the weights'
     quantize nodes unfolded, as litert-torch's own examples call it).
-    ``nearest_as_conv``: as :func:`export_program`.
+    ``nearest``: as :func:`export_program`.
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     if quantizer is None:
@@ -450,7 +482,7 @@ def quantize_pt2e(network: nn.Module, example: torch.Tensor,
             raise MobileExportError(f'no module {unknown} to keep in fp32; the network has '
                                     f'e.g. {sorted(known)[1:6]}')
         quantizer.set_filter_function(_outside(keep_float))
-    graph = export_program(network, example, max_batch, nearest_as_conv).module()
+    graph = export_program(network, example, max_batch, nearest).module()
     unshare_weights(graph)
     prepared = prepare_pt2e(graph, quantizer)
     seen = 0
@@ -544,12 +576,8 @@ def to_litert(network: nn.Module, example: torch.Tensor, path: str, quantize: bo
     at ``example``'s shape, batch included (static).
 
     fp32: ``litert_torch.convert`` of the network (``torch.export`` inside
-    it). Nearest upsamplings stay ``RESIZE_NEAREST_NEIGHBOR``, which LiteRT's
-    XNNPACK delegate leaves to LiteRT's kernels (2 in the toy RetinaNet's FPN):
-    :class:`NearestAsTransposedConv` does not help here, the converter splits
-    its depthwise transposed conv into a concatenation of one input per
-    channel, which the delegate refuses too (1486 ops instead of 972, the
-    two concatenations left). ``quantize``:
+    it), nearest upsamplings by whole factors as :class:`NearestAsConcat`
+    (exact), which LiteRT's XNNPACK delegate takes. ``quantize``:
     litert-torch's own PT2E path first (its ``PT2EQuantizer`` with
     ``get_symmetric_quantization_config(is_per_channel=True)``: int8 weights
     per channel, histogram observers, calibrated on ``calibration``, split
@@ -580,7 +608,7 @@ def to_litert(network: nn.Module, example: torch.Tensor, path: str, quantize: bo
                        if len(b[i:i + batch]) == batch]
         graph = quantize_pt2e(network, example, calibration, max_batch=None, keep_float=(),
                               quantizer=quantizer, fold_quantize=False,
-                              nearest_as_conv=False)
+                              nearest=NearestAsConcat)
         # the network was exported in eval mode; the graph module's flag says
         # training all the same, and litert-torch warns on the flag
         graph.training = False
@@ -588,7 +616,7 @@ def to_litert(network: nn.Module, example: torch.Tensor, path: str, quantize: bo
             edge = litert_torch.convert(graph, (example,),
                                         quant_config=QuantConfig(pt2e_quantizer=quantizer))
     else:
-        with torch.no_grad():
+        with torch.no_grad(), NearestAsConcat().record(network, example):
             edge = litert_torch.convert(network, (example,))
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     edge.export(path)
