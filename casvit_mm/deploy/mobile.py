@@ -42,6 +42,7 @@ plain 4-D ops that XNNPACK and Core ML take whole.
 
 The entry point for a dispatch (one call per file): :func:`export_mobile`.
 """
+import contextlib
 import copy
 import os
 import os.path as osp
@@ -334,7 +335,8 @@ class NearestAsConcat(NearestAsTransposedConv):
 
 
 def export_program(network: nn.Module, example: torch.Tensor,
-                   max_batch: Optional[int] = DEFAULT_MAX_BATCH, nearest: type = None):
+                   max_batch: Optional[int] = DEFAULT_MAX_BATCH,
+                   nearest: Optional[type] = NearestAsTransposedConv):
     """``torch.export`` of ``network`` at ``example``'s image size, the batch
     dimension dynamic up to ``max_batch`` (None: static, as ``example``);
     nearest upsamplings by whole factors as transposed convolutions
@@ -342,15 +344,16 @@ def export_program(network: nn.Module, example: torch.Tensor,
 
     PT2E int8 needs the dynamic batch at this point already (a static one
     fails later with ``Guard failed: x.size()[0] == 8``). ``nearest``: the
-    rewrite of nearest upsamplings (default :class:`NearestAsTransposedConv`;
-    LiteRT: :class:`NearestAsConcat`).
+    rewrite of nearest upsamplings (:class:`NearestAsTransposedConv`; LiteRT:
+    :class:`NearestAsConcat`; None: none).
     """
     dynamic = None
     if max_batch is not None:
         if example.shape[0] < 2:  # torch.export specialises a size-1 dimension
             example = example.expand(2, *example.shape[1:]).contiguous()
         dynamic = ({0: torch.export.Dim('batch', min=1, max=max_batch)},)
-    with torch.no_grad(), (nearest or NearestAsTransposedConv)().record(network, example):
+    rewrite = nearest().record(network, example) if nearest else contextlib.nullcontext()
+    with torch.no_grad(), rewrite:
         return torch.export.export(network, (example,), dynamic_shapes=dynamic)
 
 
@@ -444,7 +447,7 @@ def quantize_pt2e(network: nn.Module, example: torch.Tensor,
                   max_batch: Optional[int] = DEFAULT_MAX_BATCH,
                   keep_float: Optional[Sequence[str]] = None,
                   quantizer=None, fold_quantize: bool = True,
-                  nearest: type = None) -> nn.Module:
+                  nearest: Optional[type] = NearestAsTransposedConv) -> nn.Module:
     """PT2E static int8 for XNNPACK: ``XNNPACKQuantizer`` with the symmetric
     per-channel configuration (histogram observers for activations), torchao's
     ``prepare_pt2e``, one pass over the ``calibration`` batches,
@@ -577,7 +580,10 @@ def to_litert(network: nn.Module, example: torch.Tensor, path: str, quantize: bo
 
     fp32: ``litert_torch.convert`` of the network (``torch.export`` inside
     it), nearest upsamplings by whole factors as :class:`NearestAsConcat`
-    (exact), which LiteRT's XNNPACK delegate takes. ``quantize``:
+    (exact), which LiteRT's XNNPACK delegate takes. (int8 keeps them as
+    resizes, on LiteRT's own kernels: with the rewrite, litert-torch's
+    conversion passes fail on the quantized graph, ``Sizes of tensors must
+    match except in dimension 4``.) ``quantize``:
     litert-torch's own PT2E path first (its ``PT2EQuantizer`` with
     ``get_symmetric_quantization_config(is_per_channel=True)``: int8 weights
     per channel, histogram observers, calibrated on ``calibration``, split
@@ -608,7 +614,7 @@ def to_litert(network: nn.Module, example: torch.Tensor, path: str, quantize: bo
                        if len(b[i:i + batch]) == batch]
         graph = quantize_pt2e(network, example, calibration, max_batch=None, keep_float=(),
                               quantizer=quantizer, fold_quantize=False,
-                              nearest=NearestAsConcat)
+                              nearest=None)
         # the network was exported in eval mode; the graph module's flag says
         # training all the same, and litert-torch warns on the flag
         graph.training = False
