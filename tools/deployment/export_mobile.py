@@ -156,7 +156,8 @@ def main():
                 info = to_litert(network, sample[:1], path, quantize=int8,
                                  calibration=calibration)
             except ImportError as e:
-                raise SystemExit(f'--formats {fmt} needs LiteRT ({e}): pip install -e .[litert]')
+                raise SystemExit(f'--formats {fmt} needs LiteRT ({e}): pip install -e .[litert] '
+                                 '&& pip install --no-deps litert-torch==0.10.0')
             runner = LiteRTModel(path, args.threads)
             leftovers = LITERT_CPU_OK
         else:
