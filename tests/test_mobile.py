@@ -11,6 +11,10 @@
   mmseg's own post-processing on the host give ``test_step``'s predictions.
 * Core ML: conversion succeeds and its MIL op inventory is what the network is
   made of (running the package needs macOS, so it is not run here).
+* LiteRT (the optional extra `litert`; skipped with the install line where it
+  is absent): the tool's fp32 and int8 .tflite of the trained classifier run
+  in LiteRT's interpreter, fp32 within 1e-4 and wholly in XNNPACK, int8 all
+  but its GELUs; nearest upsampling's rewrite for it is exact.
 """
 import copy
 import itertools
