@@ -82,7 +82,7 @@ setup(
         'tests': ['pytest>=7', 'onnx', 'onnxruntime', 'onnxscript', 'openvino', 'nncf==3.4.0',
                   # mobile runtimes (docs/deploy.md, Mobile): 1.4.1 declares torch>=2.13
                   'executorch==1.4.1', 'torchao==0.18.0', 'coremltools==9.0', 'pandas'],
-        # LiteRT (docs/deploy.md, Mobile; about 950 MB): requirements/litert.txt, the
+        # LiteRT (docs/deploy.md, Mobile; about 800 MB): requirements/litert.txt, the
         # dependencies of litert-torch 0.10.0 less transformers (it breaks mmpretrain's
         # import); litert-torch itself: pip install --no-deps litert-torch==0.10.0
         # (tools/setup_env.sh does both with CASVIT_LITERT=1)

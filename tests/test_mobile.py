@@ -231,7 +231,7 @@ def test_pte_files_run_in_executorch(classifier_files):
 @pytest.fixture(scope='module')
 def litert_files(request):
     """The tool on the trained tiny classifier with --formats litert litert-int8
-    --eval. LiteRT is an optional extra (about 950 MB): where it is absent,
+    --eval. LiteRT is an optional extra (about 800 MB): where it is absent,
     the tests that use this skip, saying how to install it."""
     for module in ('litert_torch', 'ai_edge_litert.interpreter'):
         pytest.importorskip(module, reason='LiteRT is the optional extra `litert`: pip install '

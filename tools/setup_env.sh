@@ -23,7 +23,7 @@
 #   MAX_JOBS            parallel compile jobs                  (number of cores)
 #   CASVIT_EXTRAS       extras of casvit-mm to install          (tests)
 #   CASVIT_LITERT=1     also LiteRT (the `litert` extra, then litert-torch without its
-#                       dependencies; about 950 MB; docs/deploy.md, Mobile)
+#                       dependencies; about 800 MB; docs/deploy.md, Mobile)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
