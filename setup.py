@@ -82,6 +82,15 @@ setup(
         'tests': ['pytest>=7', 'onnx', 'onnxruntime', 'onnxscript', 'openvino', 'nncf==3.4.0',
                   # mobile runtimes (docs/deploy.md, Mobile): 1.4.1 declares torch>=2.13
                   'executorch==1.4.1', 'torchao==0.18.0', 'coremltools==9.0', 'pandas'],
+        # LiteRT (docs/deploy.md, Mobile; about 800 MB): requirements/litert.txt, the
+        # dependencies of litert-torch 0.10.0 less transformers (it breaks mmpretrain's
+        # import); litert-torch itself: pip install --no-deps litert-torch==0.10.0
+        # (tools/setup_env.sh does both with CASVIT_LITERT=1)
+        'litert': ['ai-edge-litert[model-utils]==2.3.0', 'ai-edge-quantizer==0.10.0',
+                   'litert-converter==0.5.0', 'litert-lm-builder==0.18.1', 'jax==0.10.2',
+                   'jaxlib==0.10.2', 'jaxtyping==0.3.11', 'absl-py', 'fire', 'kagglehub',
+                   'multipledispatch', 'safetensors', 'sentencepiece', 'tabulate', 'rich',
+                   'scipy'],
     },
     zip_safe=False,
 )

@@ -11,6 +11,10 @@
   mmseg's own post-processing on the host give ``test_step``'s predictions.
 * Core ML: conversion succeeds and its MIL op inventory is what the network is
   made of (running the package needs macOS, so it is not run here).
+* LiteRT (the optional extra `litert`; skipped with the install line where it
+  is absent): the tool's fp32 and int8 .tflite of the trained classifier run
+  in LiteRT's interpreter, fp32 within 1e-4 and wholly in XNNPACK, int8 all
+  but its GELUs; nearest upsampling's rewrite for it is exact.
 """
 import copy
 import itertools
@@ -126,10 +130,9 @@ def tiny(cfg):
 
 
 @pytest.fixture(scope='module')
-def classifier_files(tmp_path_factory):
-    """A tiny CAS-ViT classifier trained 60 steps on the toy image folders,
-    then the tool run once on it: fp32 and int8 .pte (int8 lowering is the
-    slow part: once per module), --eval with mmpretrain's Accuracy."""
+def trained_classifier(tmp_path_factory):
+    """A tiny CAS-ViT classifier trained 60 steps on the toy image folders:
+    its config and checkpoint."""
     from mmengine.optim import OptimWrapper
     from mmengine.runner import Runner, set_random_seed
     tmp = tmp_path_factory.mktemp('mobile_cls')
@@ -154,7 +157,16 @@ def classifier_files(tmp_path_factory):
         model.train_step(data, optim)
     checkpoint = str(tmp / 'tiny_cls.pth')
     torch.save(dict(state_dict=model.state_dict(), meta=dict()), checkpoint)
-    out_dir = tmp / 'out'
+    return dict(cfg=cfg, config=str(config), checkpoint=checkpoint, tmp=tmp)
+
+
+@pytest.fixture(scope='module')
+def classifier_files(trained_classifier):
+    """The tool run once on the trained tiny classifier: fp32 and int8 .pte
+    (int8 lowering is the slow part: once per module), --eval with
+    mmpretrain's Accuracy."""
+    cfg, config = trained_classifier['cfg'], trained_classifier['config']
+    checkpoint, out_dir = trained_classifier['checkpoint'], trained_classifier['tmp'] / 'out'
     out = run_tool('tools/deployment/export_mobile.py', config, '--checkpoint', checkpoint,
                    '--calib-images', 8, '--calib-batch', 4, '--repeats', 1, '--threads', 1,
                    '--max-batch', 4, '--out-dir', out_dir, '--eval', '--max-drop', 0.125,
@@ -172,10 +184,22 @@ def test_tool_delegates_everything_and_scores(classifier_files):
         delegated, total = map(int, re.search(r'XNNPACK runs (\d+) of (\d+) ops', line).groups())
         assert line.startswith('OK') and delegated == total > 100, line
         assert 'in 1 subgraph' in line, line
-    table = next(line for line in out.splitlines() if line.startswith('accuracy/top1'))
-    pytorch, fp32, int8 = map(float, table.split()[1:4])
+    pytorch, fp32, verdict = scored(out, 'executorch')
     assert fp32 == pytorch  # the fp32 file scores as the eval-mode PyTorch model
-    assert re.search(r'^OK +int8 loses at most', out, re.M), out
+    assert verdict.startswith('OK   largest difference'), verdict  # parity, both ways
+    pytorch, int8, verdict = scored(out, 'executorch-int8')
+    assert verdict.startswith('OK   largest loss'), verdict  # int8: its loss, --max-drop
+
+
+def scored(out, fmt):
+    """export_mobile --eval's lines for ``fmt`` (metric_drop's table, each line
+    led by the format): PyTorch's and the file's top-1, and the verdict line."""
+    lines = [line.split(None, 1)[1] for line in out.splitlines()
+             if line.split(None, 1)[:1] == [fmt]]
+    top1 = next(line for line in lines if line.startswith('accuracy/top1'))
+    verdict = next(line for line in lines if line.startswith(('OK', 'FAIL')))
+    pytorch, score = map(float, top1.split()[1:3])
+    return pytorch, score, verdict
 
 
 @pytest.mark.slow
@@ -201,6 +225,78 @@ def test_pte_files_run_in_executorch(classifier_files):
     assert osp.getsize(classifier_files['int8']) < 0.9 * osp.getsize(classifier_files['fp32'])
     with pytest.raises(Exception):  # above the exported maximum batch: refused, not wrong
         fp32(torch.zeros(5, 3, 64, 64))
+
+
+# ------------------------------------------------------------ LiteRT (optional extra)
+@pytest.fixture(scope='module')
+def litert_files(request):
+    """The tool on the trained tiny classifier with --formats litert litert-int8
+    --eval. LiteRT is an optional extra (about 800 MB): where it is absent,
+    the tests that use this skip, saying how to install it."""
+    for module in ('litert_torch', 'ai_edge_litert.interpreter'):
+        pytest.importorskip(module, reason='LiteRT is the optional extra `litert`: pip install '
+                            '-e .[litert] && pip install --no-deps litert-torch==0.10.0 '
+                            '(CASVIT_LITERT=1 bash tools/setup_env.sh)')
+    trained_classifier = request.getfixturevalue('trained_classifier')  # once LiteRT is there
+    config, checkpoint = trained_classifier['config'], trained_classifier['checkpoint']
+    out_dir = trained_classifier['tmp'] / 'out_litert'
+    out = run_tool('tools/deployment/export_mobile.py', config, '--checkpoint', checkpoint,
+                   '--formats', 'litert', 'litert-int8', '--calib-images', 8,
+                   '--calib-batch', 4, '--repeats', 1, '--threads', 1, '--max-batch', 4,
+                   '--out-dir', out_dir, '--eval', '--max-drop', 0.125, env=ONE_THREAD)
+    print(out)
+    return dict(trained_classifier, out=out, fp32=str(out_dir / 'tiny_cls_fp32.tflite'),
+                int8=str(out_dir / 'tiny_cls_int8.tflite'))
+
+
+@pytest.mark.slow
+def test_litert_tool_delegates_and_scores(litert_files):
+    """fp32: every op in one XNNPACK partition; int8: everything but its GELUs
+    (LiteRT's int8 GELU, which the delegate does not take); --eval through
+    metric_drop: the fp32 file scores as PyTorch."""
+    out = litert_files['out']
+    fp32 = next(line for line in out.splitlines() if ' litert ' in line)
+    delegated, total = map(int, re.search(r'XNNPACK runs (\d+) of (\d+) ops', fp32).groups())
+    assert fp32.startswith('OK') and delegated == total > 100, fp32
+    assert 'in 1 partition' in fp32, fp32
+    int8 = next(line for line in out.splitlines() if ' litert-int8 ' in line)
+    delegated, total = map(int, re.search(r'XNNPACK runs (\d+) of (\d+) ops', int8).groups())
+    assert int8.startswith('OK') and total - delegated == sum(TINY['depths']) * 2, int8
+    assert "left: {'GELU'" in int8, int8  # and nothing else
+    pytorch, score, verdict = scored(out, 'litert')
+    assert score == pytorch and verdict.startswith('OK'), verdict
+    pytorch, score, verdict = scored(out, 'litert-int8')
+    assert verdict.startswith('OK   largest loss'), verdict
+
+
+@pytest.mark.slow
+def test_litert_files_run_in_the_interpreter(litert_files):
+    """Both .tflite files load and run in LiteRT's interpreter, at batch 1 (a
+    larger batch runs image by image). fp32: the eval-mode model to 1e-4 of
+    the output scale, all of it in XNNPACK (litert_delegation). int8: a fully
+    integer file (int8 input); close to the model, not equal, smaller."""
+    import numpy as np
+
+    from casvit_mm.deploy.mobile import LiteRTModel, litert_delegation
+    cfg, checkpoint = litert_files['cfg'], litert_files['checkpoint']
+    model = build_model(cfg, checkpoint).eval()
+    data = next(iter(calibration_loader(cfg, 'val', 4)))
+    images = batch_images(data, model, 'backbone', (64, 64))
+    with torch.no_grad():
+        reference = MobileNetwork(model, 'classifier')(images)
+    fp32, int8 = LiteRTModel(litert_files['fp32']), LiteRTModel(litert_files['int8'])
+    assert fp32.batch == int8.batch == 1
+    assert relative_error(reference, fp32(images)) <= TOL
+    assert relative_error([r[:1] for r in reference], fp32(images[:1])) <= TOL
+    info = litert_delegation(litert_files['fp32'])
+    assert info['non_delegated'] == 0 and info['subgraphs'] == 1, info
+    assert int8.input['dtype'] == np.int8
+    out8 = int8(images)
+    assert torch.equal(out8[0][2:3], int8(images[2:3])[0])  # chunks: image by image
+    error = relative_error(reference, out8)
+    assert 1e-3 < error < 0.5, error
+    assert (fp32(images)[0].argmax(1) == out8[0].argmax(1)).float().mean() >= 0.75
+    assert osp.getsize(litert_files['int8']) < 0.6 * osp.getsize(litert_files['fp32'])
 
 
 # ------------------------------------------------------------ whole dense models
@@ -333,6 +429,62 @@ def test_nearest_upsampling_exports_as_an_exact_transposed_conv():
     for got, expected in zip(program.module()(x), Resizes()(x)):
         assert torch.equal(got, expected)
     assert F.interpolate.__name__ == 'interpolate' and 'deploy' not in F.interpolate.__module__
+
+
+def test_nearest_as_concat_for_litert():
+    """LiteRT's rewrite of whole-factor nearest upsampling (stacked copies):
+    no upsample op left for them, the same numbers."""
+    import torch.nn.functional as F
+
+    from casvit_mm.deploy.mobile import NearestAsConcat
+
+    class Resizes(nn.Module):
+        def forward(self, x):
+            return (F.interpolate(x, scale_factor=2, mode='nearest'),
+                    F.interpolate(x, size=(x.shape[2] * 3, x.shape[3] * 2)),
+                    F.interpolate(x, size=(11, 13), mode='nearest'))
+
+    x = torch.randn(2, 3, 5, 6)
+    program = export_program(Resizes(), x, max_batch=None, nearest=NearestAsConcat)
+    targets = Counter(str(n.target) for n in program.graph.nodes if n.op == 'call_function')
+    assert sum('upsample_nearest' in t for t in targets.elements()) == 1, targets  # 11x13
+    assert targets['aten.stack.default'] == 4, targets
+    for got, expected in zip(program.module()(x), Resizes()(x)):
+        assert torch.equal(got, expected)
+    assert F.interpolate.__name__ == 'interpolate' and 'deploy' not in F.interpolate.__module__
+
+
+def test_nearest_patch_is_one_at_a_time_across_threads():
+    """Exports in several threads at once (the patch of F.interpolate is
+    process-wide): each graph gets its transposed conv, and F.interpolate is
+    the original afterwards (without the lock a thread could keep another's
+    patched function as its "original" and restore that)."""
+    import threading
+
+    import torch.nn.functional as F
+    original = F.interpolate
+
+    class Up(nn.Module):
+        def forward(self, x):
+            return F.interpolate(x, scale_factor=2, mode='nearest') + 1
+
+    found, errors = [], []
+
+    def export():
+        try:
+            program = export_program(Up(), torch.randn(2, 4, 6, 6), max_batch=4)
+            found.append(sum(str(n.target) == 'aten.conv_transpose2d.input'
+                             for n in program.graph.nodes))
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+    threads = [threading.Thread(target=export) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert found == [1, 1, 1]
+    assert F.interpolate is original
 
 
 @pytest.mark.slow

@@ -22,6 +22,8 @@
 #                       with a CUDA torch and a visible GPU they are built anyway
 #   MAX_JOBS            parallel compile jobs                  (number of cores)
 #   CASVIT_EXTRAS       extras of casvit-mm to install          (tests)
+#   CASVIT_LITERT=1     also LiteRT (the `litert` extra, then litert-torch without its
+#                       dependencies; about 800 MB; docs/deploy.md, Mobile)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -32,6 +34,7 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 TORCHVISION_SPEC=${TORCHVISION_SPEC:-torchvision==0.28.0}  # the release paired with torch 2.13
 MMCV_SPEC=mmcv==2.1.0
 EXTRAS=${CASVIT_EXTRAS:-tests}
+[[ ${CASVIT_LITERT:-0} == 1 ]] && EXTRAS=$EXTRAS,litert
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 
 say() { printf '[setup_env] %s\n' "$*"; }
@@ -131,6 +134,14 @@ pip install -q -f "$wheel_dir" -e ".[${EXTRAS}]"
 # the start-up hook that lets any process read casvit_mm:: configs (docs/own_project.md)
 "$VENV/bin/python" -c "import sys; assert 'casvit_mm_config_hook' in sys.modules" \
   || die "casvit_mm_config_hook.pth was not installed into site-packages (setup.py's editable_wheel step)"
+
+if [[ $EXTRAS == *litert* ]]; then
+  # its declared transformers would break mmpretrain's import (requirements/litert.txt)
+  say "installing litert-torch without its dependencies (requirements/litert-nodeps.txt)"
+  pip install -q --no-deps -r requirements/litert-nodeps.txt
+  "$VENV/bin/python" -c 'import litert_torch, ai_edge_litert.interpreter, mmpretrain.models' \
+    || die "litert-torch does not import next to mmpretrain"
+fi
 
 # mmdeploy last: its wheel pins protobuf<=3.20.2, which would break onnx / onnxruntime, so
 # the wheel goes in without dependencies and its real ones come from requirements/mmdeploy.txt.

@@ -1,4 +1,4 @@
-"""CAS-ViT on the runtimes phones run: ExecuTorch (XNNPACK, fp32 and int8) and Core ML.
+"""CAS-ViT on the runtimes phones run: ExecuTorch (XNNPACK, fp32 and int8), Core ML, LiteRT.
 
 What ``tools/deployment/export_mobile.py`` and the benchmark's ``executorch``
 variants run, as importable pieces (the tests run exactly these).
@@ -32,34 +32,48 @@ plain 4-D ops that XNNPACK and Core ML take whole.
 * :func:`to_coreml`: ``torch.export`` -> coremltools -> ``.mlpackage``
   (ML program, fp16) and its MIL op inventory. Conversion runs on Linux;
   running the package needs macOS or iOS.
-* :class:`ExecuTorchModel` runs a ``.pte`` in ExecuTorch's Python runtime;
-  :func:`evaluate_mobile` scores it with the config's own evaluator.
+* :func:`to_litert` (optional extra ``litert``): litert-torch's converter ->
+  ``.tflite`` (fp32; ``quantize=True``: litert-torch's own PT2E int8; batch
+  static) and how much of it LiteRT's XNNPACK delegate takes
+  (:func:`litert_delegation`).
+* :class:`ExecuTorchModel` runs a ``.pte`` in ExecuTorch's Python runtime,
+  :class:`LiteRTModel` a ``.tflite`` in LiteRT's interpreter;
+  :func:`evaluate_mobile` scores them with the config's own evaluator.
 
 The entry point for a dispatch (one call per file): :func:`export_mobile`.
 """
+import contextlib
 import copy
 import os
 import os.path as osp
+import threading
 from collections import Counter
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-__all__ = ['MOBILE_KINDS', 'PORTABLE_OK', 'MobileExportError', 'MobileNetwork', 'ExecuTorchModel',
+__all__ = ['MOBILE_KINDS', 'PORTABLE_OK', 'LITERT_CPU_OK', 'MobileExportError', 'MobileNetwork',
+           'NearestAsTransposedConv', 'NearestAsConcat',
+           'ExecuTorchModel', 'LiteRTModel', 'to_litert', 'litert_delegation',
            'mobile_kind', 'mobile_network', 'export_program', 'to_executorch',
            'quantize_pt2e', 'unshare_weights', 'float_modules', 'to_coreml', 'coreml_ops',
            'calibration_batches',
            'host_predictions', 'evaluate_mobile', 'export_mobile', 'FORMATS']
 
 MOBILE_KINDS = ('classifier', 'detector', 'segmentor', 'backbone')
-FORMATS = ('executorch', 'executorch-int8', 'coreml')
+FORMATS = ('executorch', 'executorch-int8', 'coreml', 'litert', 'litert-int8')
 # What XNNPACK (ExecuTorch 1.4's partitioner) does not take from the necks and
 # heads of the dense models: bilinear resizes (XNNPACK's static_resize_bilinear_2d
 # takes no dynamic shape, and the batch is dynamic), and nearest upsamplings by
 # other than whole factors (:class:`NearestAsTransposedConv` makes the others
 # XNNPACK's). The CAS-ViT network and the classifier delegate whole.
 PORTABLE_OK = ('aten_upsample_nearest2d_vec', 'aten_upsample_bilinear2d_vec')
+# What LiteRT's XNNPACK delegate (ai-edge-litert 2.3) leaves to LiteRT's own
+# CPU kernels: int8 GELU (the converter turns dequantize -> GELU -> quantize into
+# one int8 GELU, which the delegate does not take; LiteRT runs it by a lookup
+# table), and the resizes it leaves as ExecuTorch's partitioner does.
+LITERT_CPU_OK = ('GELU', 'RESIZE_BILINEAR', 'RESIZE_NEAREST_NEIGHBOR')
 # torch.export needs an upper bound for a dynamic batch; ExecuTorch plans the
 # activation memory for it.
 DEFAULT_MAX_BATCH = 8
@@ -195,7 +209,23 @@ class NearestAsTransposedConv:
     output the transposed conv reproduces exactly; inside the context
     ``torch.nn.functional.interpolate`` uses them (mmdet's FPN and mmseg's
     ``resize`` call it through the module). Other resizes are left as they are.
+
+    Concurrency: the patch replaces a module-level function, so it holds a
+    process-wide lock from ``record`` to the end of the context: two exports in
+    two threads run one after the other, never restoring each other's function
+    (``torch.export`` itself is not safe to run in two threads at once either:
+    without the lock, three concurrent exports fail inside torch with
+    "ProxyTorchDispatchMode slot already occupied" and the like).
+    What a lock cannot do: a thread that calls ``F.interpolate`` outside any
+    export while one runs goes through the patched function too. It still gets
+    the original's result for every call but those whose (channels, factors,
+    dtype) were recorded, and for those a transposed conv that reproduced the
+    original bit for bit on the recorded input (the same arithmetic: one
+    pixel times 1.0). Do not export while other threads upsample if that is
+    not acceptable.
     """
+
+    _lock = threading.RLock()  # one patch at a time, process-wide
 
     def __init__(self):
         self.kernels = {}
@@ -227,16 +257,19 @@ class NearestAsTransposedConv:
         return key, args
 
     def record(self, network: nn.Module, example: torch.Tensor):
+        with self._lock:
+            return self._record(network, example)
+
+    def _record(self, network, example):
         original = self.original = torch.nn.functional.interpolate
 
         def interpolate(*a, **kw):
             key, args = self._deconv(*a, **kw)
             out = original(*args)
             if key and key not in self.kernels and key[1:3] != (1, 1):
-                weight = torch.ones(key[0], 1, key[1], key[2], dtype=key[3])
-                if torch.equal(torch.nn.functional.conv_transpose2d(
-                        args[0], weight, stride=key[1:3], groups=key[0]), out):
-                    self.kernels[key] = weight
+                kernel = self._kernel(key)
+                if torch.equal(self._upsample(args[0], key, kernel), out):
+                    self.kernels[key] = kernel
             return out
         torch.nn.functional.interpolate = interpolate
         try:
@@ -247,38 +280,80 @@ class NearestAsTransposedConv:
         return self
 
     def __enter__(self):
+        self._lock.acquire()  # released by __exit__
         original = self.original = torch.nn.functional.interpolate
 
         def interpolate(*a, **kw):
             key, args = self._deconv(*a, **kw)
-            weight = self.kernels.get(key) if key else None
-            if weight is None:
+            kernel = self.kernels.get(key) if key else None
+            if kernel is None:
                 return original(*args)
-            return torch.nn.functional.conv_transpose2d(args[0], weight, stride=key[1:3],
-                                                        groups=key[0])
+            return self._upsample(args[0], key, kernel)
         torch.nn.functional.interpolate = interpolate
         return self
 
+    @staticmethod
+    def _kernel(key):
+        channels, fh, fw, dtype = key
+        return torch.ones(channels, 1, fh, fw, dtype=dtype)
+
+    @staticmethod
+    def _upsample(x, key, kernel):
+        return torch.nn.functional.conv_transpose2d(x, kernel, stride=key[1:3], groups=key[0])
+
     def __exit__(self, *exc):
-        torch.nn.functional.interpolate = self.original
+        try:
+            torch.nn.functional.interpolate = self.original
+        finally:
+            self._lock.release()
+
+
+class NearestAsConcat(NearestAsTransposedConv):
+    """Nearest upsampling by whole factors as copies stacked and reshaped, for LiteRT.
+
+    The same context as :class:`NearestAsTransposedConv` (recorded, checked
+    bit for bit on every call before use, the same lock), another exact
+    rewrite: ``(B, C, H, W)`` -> ``stack([x] * fw, -1)`` viewed as
+    ``(B, C, H, W*fw)`` -> ``stack([y] * fh, -2)`` viewed as
+    ``(B, C, H*fh, W*fw)``: each output pixel is a copy of its input pixel.
+    LiteRT's converter makes concatenations and reshapes of it, which LiteRT's
+    XNNPACK delegate runs; ``F.interpolate``'s ``RESIZE_NEAREST_NEIGHBOR`` it
+    leaves to LiteRT's kernels, and the transposed conv becomes a
+    concatenation with one input per channel there, which it refuses too.
+    """
+
+    @staticmethod
+    def _kernel(key):
+        return True  # nothing to hold: the rewrite has no weights
+
+    @staticmethod
+    def _upsample(x, key, kernel):
+        channels, fh, fw, _ = key
+        H, W = x.shape[2], x.shape[3]
+        y = torch.stack([x] * fw, dim=-1).reshape(-1, channels, H, W * fw)
+        return torch.stack([y] * fh, dim=-2).reshape(-1, channels, H * fh, W * fw)
 
 
 def export_program(network: nn.Module, example: torch.Tensor,
-                   max_batch: Optional[int] = DEFAULT_MAX_BATCH):
+                   max_batch: Optional[int] = DEFAULT_MAX_BATCH,
+                   nearest: Optional[type] = NearestAsTransposedConv):
     """``torch.export`` of ``network`` at ``example``'s image size, the batch
     dimension dynamic up to ``max_batch`` (None: static, as ``example``);
     nearest upsamplings by whole factors as transposed convolutions
     (:class:`NearestAsTransposedConv`, exact), which XNNPACK runs.
 
     PT2E int8 needs the dynamic batch at this point already (a static one
-    fails later with ``Guard failed: x.size()[0] == 8``).
+    fails later with ``Guard failed: x.size()[0] == 8``). ``nearest``: the
+    rewrite of nearest upsamplings (:class:`NearestAsTransposedConv`; LiteRT:
+    :class:`NearestAsConcat`; None: none).
     """
     dynamic = None
     if max_batch is not None:
         if example.shape[0] < 2:  # torch.export specialises a size-1 dimension
             example = example.expand(2, *example.shape[1:]).contiguous()
         dynamic = ({0: torch.export.Dim('batch', min=1, max=max_batch)},)
-    with torch.no_grad(), NearestAsTransposedConv().record(network, example):
+    rewrite = nearest().record(network, example) if nearest else contextlib.nullcontext()
+    with torch.no_grad(), rewrite:
         return torch.export.export(network, (example,), dynamic_shapes=dynamic)
 
 
@@ -370,7 +445,9 @@ def _attribute(module: nn.Module, target: str):
 def quantize_pt2e(network: nn.Module, example: torch.Tensor,
                   calibration: Iterable[torch.Tensor],
                   max_batch: Optional[int] = DEFAULT_MAX_BATCH,
-                  keep_float: Optional[Sequence[str]] = None) -> nn.Module:
+                  keep_float: Optional[Sequence[str]] = None,
+                  quantizer=None, fold_quantize: bool = True,
+                  nearest: Optional[type] = NearestAsTransposedConv) -> nn.Module:
     """PT2E static int8 for XNNPACK: ``XNNPACKQuantizer`` with the symmetric
     per-channel configuration (histogram observers for activations), torchao's
     ``prepare_pt2e``, one pass over the ``calibration`` batches,
@@ -382,23 +459,33 @@ def quantize_pt2e(network: nn.Module, example: torch.Tensor,
     ``keep_float``: modules of ``network.model`` (names, e.g.
     ``'backbone.stages.3'``) the quantizer leaves alone, so that XNNPACK runs
     them in fp32. None: :func:`float_modules` (the accurate default); ``()``:
-    everything int8.
+    everything int8. ``quantizer``: another PT2E quantizer, already configured
+    (LiteRT's, :func:`to_litert`); it takes no ``keep_float``. ``fold_quantize``:
+    torchao's ``convert_pt2e`` option (LiteRT's converter takes the weights'
+    quantize nodes unfolded, as litert-torch's own examples call it).
+    ``nearest``: as :func:`export_program`.
     """
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer, get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    quantizer = XNNPACKQuantizer().set_global(
-        get_symmetric_quantization_config(is_per_channel=True))
+    if quantizer is None:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer, get_symmetric_quantization_config)
+        quantizer = XNNPACKQuantizer().set_global(
+            get_symmetric_quantization_config(is_per_channel=True))
     if keep_float is None:
         keep_float = float_modules(network) if isinstance(network, MobileNetwork) else ()
     if keep_float:
+        if not hasattr(quantizer, 'set_filter_function'):
+            raise MobileExportError(
+                f'{type(quantizer).__name__} cannot leave modules in fp32 (LiteRT: '
+                f'set_module_name(name, None) fails with "quantization_config == None is not '
+                f'supported yet"); quantize everything (--int8-float with no name)')
         known = {name for name, _ in network.model.named_modules()}
         unknown = [name for name in keep_float if name not in known]
         if unknown:
             raise MobileExportError(f'no module {unknown} to keep in fp32; the network has '
                                     f'e.g. {sorted(known)[1:6]}')
         quantizer.set_filter_function(_outside(keep_float))
-    graph = export_program(network, example, max_batch).module()
+    graph = export_program(network, example, max_batch, nearest).module()
     unshare_weights(graph)
     prepared = prepare_pt2e(graph, quantizer)
     seen = 0
@@ -408,7 +495,7 @@ def quantize_pt2e(network: nn.Module, example: torch.Tensor,
             seen += 1
     if not seen:
         raise MobileExportError('int8 needs calibration images: none were given')
-    return convert_pt2e(prepared)
+    return convert_pt2e(prepared, fold_quantize=fold_quantize)
 
 
 def delegation(edge_program) -> Dict:
@@ -483,6 +570,160 @@ def to_coreml(network: nn.Module, example: torch.Tensor, path: str):
     os.makedirs(osp.dirname(osp.abspath(path)) or '.', exist_ok=True)
     mlmodel.save(path)
     return mlmodel, coreml_ops(mlmodel)
+
+
+# ------------------------------------------------------------------ LiteRT
+def to_litert(network: nn.Module, example: torch.Tensor, path: str, quantize: bool = False,
+              calibration: Optional[Iterable] = None) -> Dict:
+    """Convert ``network`` with litert-torch to a LiteRT ``.tflite`` at ``path``,
+    at ``example``'s shape, batch included (static).
+
+    fp32: ``litert_torch.convert`` of the network (``torch.export`` inside
+    it), nearest upsamplings by whole factors as :class:`NearestAsConcat`
+    (exact), which LiteRT's XNNPACK delegate takes. (int8 keeps them as
+    resizes, on LiteRT's own kernels: with the rewrite, litert-torch's
+    conversion passes fail on the quantized graph, ``Sizes of tensors must
+    match except in dimension 4``.) ``quantize``:
+    litert-torch's own PT2E path first (its ``PT2EQuantizer`` with
+    ``get_symmetric_quantization_config(is_per_channel=True)``: int8 weights
+    per channel, histogram observers, calibrated on ``calibration``, split
+    into batches of ``example``'s size; every layer, as that quantizer leaves
+    no module in fp32), then the converter in its static-int8 mode, which
+    gives a fully integer file: int8 input and outputs, their scales in the
+    file (:class:`LiteRTModel` converts).
+
+    Why the batch is static: with a dynamic one (``dynamic_shapes``) the files
+    convert, the fp32 classifier even runs, but LiteRT cannot allocate the int8
+    classifier nor the fp32 RetinaNet (``XNNPack delegate failed to reshape
+    runtimeNode N (TfLiteXNNPackDelegate) failed to prepare``). An app runs
+    batch 1; :class:`LiteRTModel` runs a larger batch in chunks.
+
+    Returns :func:`litert_delegation` of the file plus its path.
+    """
+    import litert_torch
+    if quantize:
+        from litert_torch.quantize.pt2e_quantizer import (PT2EQuantizer,
+                                                          get_symmetric_quantization_config)
+        from litert_torch.quantize.quant_config import QuantConfig
+        if calibration is None:
+            raise MobileExportError('int8 needs calibration batches (calibration_batches)')
+        quantizer = PT2EQuantizer().set_global(
+            get_symmetric_quantization_config(is_per_channel=True))
+        batch = len(example)
+        calibration = [b[i:i + batch] for b in calibration for i in range(0, len(b), batch)
+                       if len(b[i:i + batch]) == batch]
+        graph = quantize_pt2e(network, example, calibration, max_batch=None, keep_float=(),
+                              quantizer=quantizer, fold_quantize=False,
+                              nearest=None)
+        # the network was exported in eval mode; the graph module's flag says
+        # training all the same, and litert-torch warns on the flag
+        graph.training = False
+        with torch.no_grad():
+            edge = litert_torch.convert(graph, (example,),
+                                        quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    else:
+        with torch.no_grad(), NearestAsConcat().record(network, example):
+            edge = litert_torch.convert(network, (example,))
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    edge.export(path)
+    return dict(litert_delegation(path), path=path)
+
+
+def _interpreter(path: str, threads: Optional[int] = None):
+    from ai_edge_litert.interpreter import Interpreter
+    if not osp.isfile(path):
+        raise MobileExportError(f'{path!r} does not exist')
+    # the default op resolver applies LiteRT's default delegate: XNNPACK
+    return Interpreter(model_path=path, num_threads=threads)
+
+
+def litert_delegation(path: str) -> Dict:
+    """How much of a ``.tflite`` LiteRT's XNNPACK delegate takes, as
+    :func:`delegation` says it for ExecuTorch: delegated and non-delegated op
+    counts, the delegated partitions, the op types LiteRT's own kernels run.
+
+    Read from the interpreter after ``allocate_tensors`` (when the default
+    XNNPACK delegate has replaced what it takes by ``DELEGATE`` nodes): the
+    execution plan is walked back from the outputs; every original op reached
+    outside a delegate runs on LiteRT's kernels.
+    """
+    interpreter = _interpreter(path, 1)
+    interpreter.allocate_tensors()
+    ops = interpreter._get_ops_details()
+    delegates = [o for o in ops if o['op_name'] == 'DELEGATE']
+    original = [o for o in ops if o['op_name'] != 'DELEGATE']
+    made_by = {int(t): o for o in original for t in o['outputs']}
+    made_by.update({int(t): d for d in delegates for t in d['outputs']})
+    needed = [int(t) for t in interpreter._interpreter.OutputIndices()]
+    seen, used, left = set(), set(), {}
+    while needed:
+        tensor = needed.pop()
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        node = made_by.get(tensor)
+        if node is None:  # an input or a constant
+            continue
+        if node['op_name'] == 'DELEGATE':
+            used.add(node['index'])
+        else:
+            left[node['index']] = node
+        needed += [int(i) for i in node['inputs'] if i >= 0]
+    left_ops = Counter(node['op_name'] for node in left.values())
+    return dict(delegated=len(original) - len(left), non_delegated=len(left),
+                subgraphs=len(used), non_delegated_ops=dict(left_ops))
+
+
+class LiteRTModel:
+    """A ``.tflite`` in LiteRT's interpreter (XNNPACK delegate, ``threads``
+    threads): ``model(images)`` -> list of output tensors, in the network's
+    order. A fully integer file (int8) gets its input quantized and its
+    outputs dequantized with the scales the file holds, as an app does; a
+    file with a static batch runs a larger batch in chunks of that size."""
+
+    def __init__(self, path: str, threads: Optional[int] = None):
+        import numpy as np
+        self.np, self.path = np, path
+        self.interpreter = _interpreter(path, threads)
+        self.runner = self.interpreter.get_signature_runner()
+        self.input_name, self.input = next(iter(self.runner.get_input_details().items()))
+        # litert-torch names the outputs output_0, output_1, ...: the network's order
+        self.outputs = sorted(self.runner.get_output_details().items(),
+                              key=lambda item: int(item[0].rsplit('_', 1)[-1]))
+        batch = int(self.input['shape_signature'][0])
+        self.batch = None if batch < 0 else batch
+
+    def _quantize(self, x, details):
+        scale, zero = details['quantization']
+        return self.np.clip(self.np.round(x / scale) + zero, -128, 127).astype(details['dtype'])
+
+    def _run(self, x):
+        np = self.np
+        if self.input['dtype'] != np.float32:
+            x = self._quantize(x, self.input)
+        result = self.runner(**{self.input_name: x})
+        outputs = []
+        for name, details in self.outputs:
+            value = result[name]
+            if value.dtype != np.float32:
+                scale, zero = details['quantization']
+                value = (value.astype(np.float32) - zero) * scale
+            outputs.append(torch.from_numpy(np.ascontiguousarray(value)))
+        return outputs
+
+    def __call__(self, images: torch.Tensor) -> List[torch.Tensor]:
+        x = images.detach().contiguous().numpy()
+        if self.batch is None or len(x) == self.batch:
+            return self._run(x)
+        parts = []
+        for start in range(0, len(x), self.batch):
+            chunk = x[start:start + self.batch]
+            pad = self.batch - len(chunk)
+            if pad:
+                chunk = self.np.concatenate([chunk, self.np.zeros((pad, *chunk.shape[1:]),
+                                                                  chunk.dtype)])
+            parts.append([o[:len(o) - pad] for o in self._run(chunk)])
+        return [torch.cat(chunks) for chunks in zip(*parts)]
 
 
 # ------------------------------------------------------------------ runtime
@@ -590,8 +831,9 @@ def export_mobile(model: nn.Module, fmt: str, path: str, shape: Sequence[int],
     Args:
         model: the model, unchanged (a deployed copy is exported).
         fmt: ``'executorch'`` (XNNPACK fp32 ``.pte``), ``'executorch-int8'``
-            (PT2E int8 ``.pte``; needs ``calibration``) or ``'coreml'``
-            (``.mlpackage``).
+            (PT2E int8 ``.pte``; needs ``calibration``), ``'coreml'``
+            (``.mlpackage``), ``'litert'`` / ``'litert-int8'`` (``.tflite``,
+            :func:`to_litert`; at batch 1, what an app runs).
         path: the file to write.
         shape: ``(H, W)`` of the exported input.
         kind: :func:`mobile_kind` of the model (default: detected).
@@ -600,8 +842,9 @@ def export_mobile(model: nn.Module, fmt: str, path: str, shape: Sequence[int],
         keep_float: int8: modules left in fp32 (default :func:`float_modules`).
 
     Returns:
-        dict: ``path``, ``kind`` and, for ExecuTorch, the delegation summary
-        (:func:`delegation`), for Core ML the MIL op inventory.
+        dict: ``path``, ``kind`` and, for ExecuTorch and LiteRT, the delegation
+        summary (:func:`delegation`, :func:`litert_delegation`), for Core ML
+        the MIL op inventory.
     """
     if fmt not in FORMATS:
         raise MobileExportError(f'format must be one of {FORMATS}, got {fmt!r}')
@@ -611,6 +854,13 @@ def export_mobile(model: nn.Module, fmt: str, path: str, shape: Sequence[int],
     if fmt == 'coreml':
         _, ops = to_coreml(network, example, path)
         return dict(path=path, kind=kind, coreml_ops=dict(ops))
+    if fmt.startswith('litert'):
+        if keep_float:
+            raise MobileExportError('litert-int8 quantizes every layer: LiteRT\'s PT2E '
+                                    'quantizer leaves no module in fp32')
+        info = to_litert(network, example, path, quantize=fmt == 'litert-int8',
+                         calibration=calibration)
+        return dict(info, kind=kind)
     info = to_executorch(network, example, path, quantize=fmt == 'executorch-int8',
                          calibration=calibration, max_batch=max_batch, keep_float=keep_float)
     return dict(info, kind=kind)

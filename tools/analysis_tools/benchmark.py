@@ -58,6 +58,13 @@ Variants (--variants), each from the same random weights:
                      leaves a classifier's for accuracy (casvit_mm.deploy.mobile.float_modules)
   executorch-int8-all  the same with every layer int8 (export_mobile.py --int8-float):
                      the speed cost of the fp32 last stage is the difference
+  litert             the same export-form backbone converted by litert-torch to a
+                     LiteRT .tflite (export_mobile.py --formats litert; the optional
+                     extra `litert`), run in LiteRT's interpreter with its default
+                     XNNPACK delegate and --threads; the ResNets the same way
+  litert-int8        the same through litert-torch's PT2E int8 (every layer; fully
+                     integer file), calibrated on --int8-calib random batches (timing
+                     only); LiteRT files have a static batch, the input's
   int8-nncf          the fp32 ONNX file quantized by NNCF for OpenVINO
                      (casvit_mm.deploy.nncf_int8, what quantize.py --backend openvino
                      writes), calibrated on --int8-calib random inputs, run with the
@@ -146,6 +153,8 @@ OPENVINO_VARIANTS = ('openvino', 'openvino-bf16', 'int8-openvino', 'int8-nncf',
 FUSED_FORM = ('openvino-fused-form', 'int8-nncf-fused-form')
 # mobile runtimes: backbone rows only
 EXECUTORCH = ('executorch', 'executorch-int8', 'executorch-int8-all')
+LITERT = ('litert', 'litert-int8')
+VARIANTS += list(LITERT)
 
 # mmdet's own RetinaNets with the baselines' backbones (its config files, random weights)
 RESNET_RETINANETS = {'resnet18': 'retinanet/retinanet_r18_fpn_1x_coco.py',
@@ -289,7 +298,7 @@ def casvit_variants(name, base, variants, fn, batch, onnx=None, mmdeploy=None,
             if exact is not None:
                 out.append(Variant(name, variant, exact(), batch, baseline))
             continue
-        if variant in EXECUTORCH:
+        if variant in EXECUTORCH + LITERT:
             if executorch is not None:
                 out.append(Variant(name, variant, executorch(variant), batch, baseline))
             continue
@@ -442,6 +451,27 @@ def executorch_runner(network, example, path, threads, int8_calib=2):
     return make
 
 
+def litert_runner(network, example, path, threads, int8_calib=2):
+    """``make(variant)``: convert ``network`` (a ``MobileNetwork``) with
+    litert-torch to a .tflite at ``example``'s shape (batch static), fp32 or
+    int8, and return a callable running it in LiteRT's interpreter (its
+    default XNNPACK delegate)."""
+    def make(variant):
+        from casvit_mm.deploy.mobile import LiteRTModel, to_litert
+        from casvit_mm.deploy.ort_quantization import random_calibration
+        int8 = variant == 'litert-int8'
+        calibration = ([torch.from_numpy(b['images'])
+                        for b in random_calibration(example, int8_calib)] if int8 else None)
+        info = to_litert(network, example, f'{path}_{variant}.tflite', quantize=int8,
+                         calibration=calibration)
+        if info['non_delegated']:
+            print(f'note: {variant} leaves ops to LiteRT\'s own kernels: '
+                  f'{info["non_delegated_ops"]}')
+        model = LiteRTModel(info['path'], threads)
+        return lambda: model(example)
+    return make
+
+
 # variant -> the precision OpenVINO reported it ran the float ops in
 EFFECTIVE_PRECISION = {}
 
@@ -563,7 +593,7 @@ def profile(variants, top):
                   f'run, by layer type and kernel):')
             v.fn.profile(top)
             continue
-        if v.variant in FILE_VARIANTS + EXECUTORCH:
+        if v.variant in FILE_VARIANTS + EXECUTORCH + LITERT:
             continue
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             v()
@@ -638,6 +668,14 @@ def main():
             meta['executorch'] = executorch_version
         except ImportError:
             raise SystemExit('--variants executorch needs ExecuTorch: pip install executorch')
+    if set(LITERT) & set(args.variants):
+        try:
+            import ai_edge_litert.interpreter  # noqa: F401
+            from litert_torch import __version__ as litert_torch_version
+            meta['litert_torch'] = litert_torch_version
+        except ImportError:
+            raise SystemExit('--variants litert needs LiteRT: pip install -e .[litert] && '
+                             'pip install --no-deps litert-torch==0.10.0')
     if 'int8-nncf' in args.variants:
         try:
             import nncf
@@ -672,12 +710,17 @@ def main():
             return osp.join(tmpdir, f'{name}_{len(os.listdir(tmpdir))}.onnx')
 
         def mobile_runner(model, example, path):
-            """ExecuTorch runners of a backbone: CAS-ViT deployed in its export form."""
+            """ExecuTorch and LiteRT runners of a backbone: CAS-ViT deployed in its
+            export form."""
             from casvit_mm.deploy.mobile import MobileNetwork, mobile_network
             network = (mobile_network(model, 'backbone') if isinstance(model, CASViT)
                        else MobileNetwork(model, 'backbone').eval())
-            return executorch_runner(network, example, path[:-5], args.threads,
-                                     args.int8_calib)
+
+            def make(variant):
+                runner = litert_runner if variant in LITERT else executorch_runner
+                return runner(network, example, path[:-5], args.threads,
+                              args.int8_calib)(variant)
+            return make
 
         for shape in inputs:
             example = torch.randn(shape)
@@ -704,7 +747,7 @@ def main():
                                 int8_calib=args.int8_calib),
                     allow_emulated_bf16=emulated)
                 # lowered the same way (a ResNet has no fp32 stage: no int8-all row)
-                for variant in set(EXECUTORCH[:2]) & set(args.variants):
+                for variant in [v for v in EXECUTORCH[:2] + LITERT if v in args.variants]:
                     make = mobile_runner(model, example, onnx_path(name))
                     variants.append(Variant(name, variant, make(variant), shape[0],
                                             baseline=(name, 'eval')))

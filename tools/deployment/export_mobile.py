@@ -1,4 +1,4 @@
-"""Export a CAS-ViT model for phones: ExecuTorch (XNNPACK, fp32 and int8) and Core ML.
+"""Export a CAS-ViT model for phones: ExecuTorch (XNNPACK, fp32 and int8), Core ML, LiteRT.
 
 From a config and a checkpoint (training layout):
   1. build the deployed network in the export-friendly form
@@ -10,16 +10,24 @@ From a config and a checkpoint (training layout):
      int8: XNNPACKQuantizer, symmetric, per-channel weights, calibrated on
      --calib-images images of the config's own data; a classifier's last
      CAS-ViT stage left in fp32 unless --int8-float says otherwise) and
-     OUT_DIR/NAME.mlpackage (Core ML ML program, fp16), as --formats says;
-  3. for each .pte: how many ops XNNPACK runs (ExecuTorch's delegation info;
-     the tool fails unless all of them, but for the FPN's upsampling of
-     detectors and segmentors), its outputs in ExecuTorch's Python
-     runtime against the eval-mode PyTorch model on a val batch (fp32:
-     max|diff| / max|reference| <= --tol), and its latency; for Core ML the
-     MIL op inventory (running the package needs macOS or iOS);
-  4. with --eval, score PyTorch and every .pte on the config's test split
+     OUT_DIR/NAME.mlpackage (Core ML ML program, fp16), OUT_DIR/NAME_fp32.tflite
+     and OUT_DIR/NAME_int8.tflite (LiteRT, through litert-torch: the optional
+     extra `pip install -e .[litert]`; batch 1; int8 by litert-torch's PT2E
+     quantizer, every layer), as --formats says;
+  3. for each .pte / .tflite: how many ops XNNPACK runs (ExecuTorch's
+     delegation info; LiteRT's interpreter after its XNNPACK delegate is
+     applied; the tool fails unless all of them, but for the FPN's upsampling
+     of detectors and segmentors and LiteRT's int8 GELU), its outputs in
+     ExecuTorch's Python runtime / LiteRT's interpreter against the eval-mode
+     PyTorch model on a val batch (fp32: max|diff| / max|reference| <= --tol),
+     and its latency; for Core ML the MIL op inventory (running the package
+     needs macOS or iOS);
+  4. with --eval, score PyTorch and every file on the config's test split
      with its own evaluator, the post-processing done by mmdet / mmseg /
-     mmpretrain on the host, and fail if int8 loses more than --max-drop.
+     mmpretrain on the host; each file against PyTorch through
+     casvit_mm.deploy.accuracy.metric_drop (as quantize.py): fail if int8
+     loses more than --max-drop, or an fp32 file differs by more than 0.005
+     (the parity criterion of docs/deploy.md) on a headline metric.
 
 Examples:
   python tools/deployment/export_mobile.py configs/classification/casvit_xs_toy.py \\
@@ -42,15 +50,18 @@ import time
 import torch
 
 from casvit_mm.cli import codebase, relative_error
-from casvit_mm.deploy.mobile import (DEFAULT_MAX_BATCH, FORMATS, PORTABLE_OK, ExecuTorchModel,
-                                     MobileExportError, MobileNetwork, calibration_batches,
-                                     evaluate_mobile, float_modules, mobile_kind, mobile_network,
-                                     to_coreml, to_executorch)
+from casvit_mm.deploy.accuracy import metric_drop
+from casvit_mm.deploy.mobile import (DEFAULT_MAX_BATCH, FORMATS, LITERT_CPU_OK, PORTABLE_OK,
+                                     ExecuTorchModel, LiteRTModel, MobileExportError,
+                                     MobileNetwork, calibration_batches, evaluate_mobile,
+                                     float_modules, mobile_kind, mobile_network, to_coreml,
+                                     to_executorch, to_litert)
 from casvit_mm.deploy.ort_quantization import batch_images, calibration_loader, input_shape
 from casvit_mm.deploy.tool_args import add_calibration_args, check_calibration_args, load_model
 
-# The metrics --max-drop checks (as tools/deployment/quantize.py).
-HEADLINE = ('bbox_mAP', 'bbox_mAP_50', 'mIoU', 'accuracy/top1')
+# An fp32 file against PyTorch on a headline metric: the parity criterion of
+# docs/deploy.md (export_onnx.py --eval checks the same).
+FP32_PARITY = 0.005
 
 
 def parse_args():
@@ -71,10 +82,12 @@ def parse_args():
     parser.add_argument('--tol', type=float, default=1e-4,
                         help='largest accepted max|diff| / max|reference| of the fp32 .pte')
     parser.add_argument('--eval', action='store_true',
-                        help='score PyTorch and the .pte files with the config\'s evaluator')
+                        help='score PyTorch and the exported files with the config\'s '
+                        'evaluator')
     parser.add_argument('--max-drop', type=float, default=0.01,
-                        help='with --eval, exit 1 if int8 loses more than this on a headline '
-                        'metric against PyTorch (default 0.01, on the 0-1 scale)')
+                        help='with --eval, exit 1 if an int8 file loses more than this on a '
+                        'headline metric against PyTorch (default 0.01, on the 0-1 scale; '
+                        f'an fp32 file may differ by {FP32_PARITY})')
     parser.add_argument('--int8-float', nargs='*', metavar='MODULE',
                         help='int8: modules left in fp32, by name in the model (e.g. '
                         'backbone.stages.3). Default: a classifier\'s last CAS-ViT stage, '
@@ -125,63 +138,73 @@ def main():
                   + ', '.join(f'{k} {n}' for k, n in ops.most_common())
                   + ' (fp16; running it needs macOS / iOS)', flush=True)
             continue
-        int8 = fmt == 'executorch-int8'
-        path = osp.join(args.out_dir, f'{name}_{"int8" if int8 else "fp32"}.pte')
+        int8 = fmt.endswith('-int8')
+        litert = fmt.startswith('litert')
+        path = osp.join(args.out_dir, f'{name}_{"int8" if int8 else "fp32"}.'
+                        + ('tflite' if litert else 'pte'))
         calibration = (calibration_batches(cfg, model, shape, args.calib_images,
                                            args.calib_batch, args.calib_split)
                        if int8 else None)
-        keep_float = (float_modules(network) if args.int8_float is None
-                      else args.int8_float) if int8 else None
-        if int8:
-            print(f'int8: in fp32 {", ".join(keep_float) or "nothing"}', flush=True)
-        info = to_executorch(network, sample[:1], path, quantize=int8,
-                             calibration=calibration, max_batch=args.max_batch,
-                             keep_float=keep_float)
-        runner = ExecuTorchModel(path, args.threads)
+        if litert:
+            if int8 and args.int8_float:
+                raise SystemExit('--int8-float: litert-int8 quantizes every layer (LiteRT\'s '
+                                 'PT2E quantizer leaves no module in fp32)')
+            if int8:
+                print('int8 (LiteRT): every layer (its quantizer leaves no module in fp32)',
+                      flush=True)
+            try:  # batch 1, static (to_litert says why)
+                info = to_litert(network, sample[:1], path, quantize=int8,
+                                 calibration=calibration)
+            except ImportError as e:
+                raise SystemExit(f'--formats {fmt} needs LiteRT ({e}): pip install -e .[litert] '
+                                 '&& pip install --no-deps litert-torch==0.10.0')
+            runner = LiteRTModel(path, args.threads)
+            leftovers = LITERT_CPU_OK
+        else:
+            keep_float = (float_modules(network) if args.int8_float is None
+                          else args.int8_float) if int8 else None
+            if int8:
+                print(f'int8: in fp32 {", ".join(keep_float) or "nothing"}', flush=True)
+            info = to_executorch(network, sample[:1], path, quantize=int8,
+                                 calibration=calibration, max_batch=args.max_batch,
+                                 keep_float=keep_float)
+            runner = ExecuTorchModel(path, args.threads)
+            leftovers = PORTABLE_OK
         err = relative_error(reference, runner(sample))
         ms = median_latency(runner, sample, args.repeats) * 1e3
         total = info['delegated'] + info['non_delegated']
         whole = info['non_delegated'] == 0
-        # detectors / segmentors: only the FPN's upsampling may stay off XNNPACK
-        allowed = whole or (kind in ('detector', 'segmentor')
-                            and set(info['non_delegated_ops']) <= set(PORTABLE_OK))
+        # what may stay off XNNPACK: the FPN's upsampling of detectors and
+        # segmentors; in LiteRT int8 also its GELU
+        allowed = whole or ((kind in ('detector', 'segmentor') or (litert and int8))
+                            and set(info['non_delegated_ops']) <= set(leftovers))
         ok = allowed and (int8 or err <= args.tol)
         failed |= not ok
         print(f'{"OK  " if ok else "FAIL"} {fmt:<16}{path}: {osp.getsize(path) / 1e6:.1f} MB, '
-              f'lowered in {time.perf_counter() - start:.0f} s; XNNPACK runs '
-              f'{info["delegated"]} of {total} ops in {info["subgraphs"]} subgraph(s)'
+              f'{"converted" if litert else "lowered"} in {time.perf_counter() - start:.0f} s; '
+              f'XNNPACK runs {info["delegated"]} of {total} ops in {info["subgraphs"]} '
+              f'{"partition" if litert else "subgraph"}(s)'
               + (f', left: {info["non_delegated_ops"]}' if not whole else '')
               + f'; max|diff| / max|eval-mode PyTorch| {err:.1e}'
               + ('' if int8 else f' (allowed {args.tol:g})')
               + f'; {ms:.1f} ms for {len(sample)}x3x{shape[0]}x{shape[1]}, '
               f'{args.threads} threads', flush=True)
-        files[fmt] = path
+        files[fmt] = runner
     if args.eval and files:
         if kind == 'backbone':
             raise SystemExit('--eval needs a whole model (the backbone alone has no metric)')
-        runners = [reference_net] + [ExecuTorchModel(p) for p in files.values()]
-        names = ['pytorch'] + list(files)
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables
-            metrics = evaluate_mobile(runners, cfg, model, kind, shape, args.max_batch)
+            metrics = evaluate_mobile([reference_net] + list(files.values()), cfg, model, kind,
+                                      shape, args.max_batch)
         scale = 1. if codebase(cfg) == 'mmdet' else 100.  # mmseg, mmpretrain: percent
-        print(f'{"metric":<24}' + ''.join(f'{n:>18}' for n in names))
-        worst, checked = 0., []
-        for key, value in metrics[0].items():
-            try:
-                values = [float(m[key]) / scale for m in metrics]
-            except (TypeError, ValueError):
-                continue  # per-class tables
-            headline = key.endswith(HEADLINE)
-            if headline and 'executorch-int8' in files:
-                worst = max(worst, values[0] - values[names.index('executorch-int8')])
-                checked.append(key)
-            print(f'{key:<24}' + ''.join(f'{v:>18.4f}' for v in values)
-                  + ('' if headline else '  (not checked)'))
-        if checked:
-            ok = worst <= args.max_drop
+        for fmt, scores in zip(files, metrics[1:]):
+            int8 = fmt.endswith('-int8')
+            # int8: its loss against PyTorch; fp32: parity (a gain counts as a difference)
+            ok, _ = metric_drop(metrics[0], scores, scale, names=('PyTorch', 'file'),
+                                max_drop=args.max_drop if int8 else FP32_PARITY,
+                                both_ways=not int8,
+                                print_fn=lambda line, f=fmt: print(f'{f:<16} {line}'))
             failed |= not ok
-            print(f'{"OK  " if ok else "FAIL"} int8 loses at most {worst:.4f} on '
-                  f'{", ".join(checked)} against PyTorch (allowed {args.max_drop:g})')
     sys.exit(1 if failed else 0)
 
 
