@@ -174,10 +174,10 @@ def _replace_group_norms(module: nn.Module):
 def mobile_network(model: nn.Module, kind: str) -> MobileNetwork:
     """A deployed copy of ``model`` in the export-friendly form, wrapped for ``kind``.
 
-    ``switch_model_to_deploy`` on a copy (BatchNorms folded, the backbone's
-    output norms folded into an FPN where exact, NCHW weights), then every
-    CAS-ViT switched to ``form='export'`` and every ``nn.GroupNorm`` replaced
-    by :class:`ExportGroupNorm`.
+    ``switch_model_to_deploy(..., form='export')`` on a copy (BatchNorms
+    folded, the backbone's output norms folded into an FPN where exact, every
+    CAS-ViT in its export form with NCHW weights: what the ONNX exports trace
+    too), then every ``nn.GroupNorm`` replaced by :class:`ExportGroupNorm`.
     """
     from casvit_mm import CASViT
     from casvit_mm.deploy.switch import switch_model_to_deploy
@@ -185,10 +185,8 @@ def mobile_network(model: nn.Module, kind: str) -> MobileNetwork:
     if not any(isinstance(m, CASViT) for m in source.modules()):
         raise MobileExportError(f'{type(model).__name__} has no CASViT inside: the mobile '
                                 f'export is for CAS-ViT models')
-    deployed = switch_model_to_deploy(copy.deepcopy(source), channels_last=False)
-    for module in deployed.modules():
-        if isinstance(module, CASViT):
-            module.switch_to_deploy(form='export')
+    deployed = switch_model_to_deploy(copy.deepcopy(source), channels_last=False,
+                                      form='export')
     _replace_group_norms(deployed)
     return MobileNetwork(deployed, kind).eval()
 
